@@ -1,0 +1,221 @@
+"""NAFNet's layers in NHWC, numerically equivalent to the PyTorch original.
+
+Every function here is pure; the one module (`Conv2d`) only owns parameters. Names follow the paper: `simple_gate`, `simplified_channel_attention`,
+`tlc_pool`, `pixel_shuffle`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# Depthwise 3x3 formulations; all compute the same function (see Conv2d).
+DEPTHWISE_IMPLS = ("xla", "shifted", "auto")
+
+
+def torch_kernel_init() -> Initializer:
+    """PyTorch's default Conv2d weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    kaiming_uniform_(a=sqrt(5)) reduces to that bound; in Flax terms it is
+    variance_scaling(1/3, 'fan_in', 'uniform'), which reads fan_in from HWIO
+    (so a depthwise kernel (3,3,1,C) gets fan_in 9, as in PyTorch).
+    """
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """PyTorch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """Maps 'auto' to the fastest exact depthwise formulation for the backend.
+
+    Measured by `nafnet_jax.bench` (docs/benchmarks.md): on CPU XLA's grouped
+    convolution is slow, nine shifted multiply-adds are faster; on GPU and TPU
+    XLA's grouped convolution is the better kernel.
+    """
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "shifted" if jax.default_backend() == "cpu" else "xla"
+
+
+def depthwise_conv3x3_shifted(x: Array, kernel: Array) -> Array:
+    """3x3 depthwise conv, zero padding 1, as nine shifted multiply-adds.
+
+    Args:
+      x: (N, H, W, C).
+      kernel: (3, 3, 1, C), the HWIO layout of a grouped conv with groups == C.
+    Returns:
+      (N, H, W, C), equal to `lax.conv_general_dilated(..., feature_group_count=C)`.
+    """
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = None
+    for i in range(3):
+        for j in range(3):
+            term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class Conv2d(nn.Module):
+    """`torch.nn.Conv2d` in NHWC with PyTorch's default initialisation.
+
+    The kernel is HWIO (`(kh, kw, in/groups, out)`), the layout the converter
+    produces from PyTorch's OIHW. 1x1 convs run as a matrix product, depthwise
+    3x3 convs in the formulation `depthwise_impl` selects; all else is XLA's
+    convolution.
+
+    Attributes:
+      features: output channels.
+      kernel_size: (kh, kw).
+      strides: stride in both spatial dims.
+      padding: symmetric zero padding in both spatial dims (PyTorch `padding`).
+      groups: feature groups (== in channels for depthwise).
+      use_bias: whether a bias is added.
+      dtype: compute dtype (None: from the input/params).
+      param_dtype: parameter dtype.
+      depthwise_impl: 'xla', 'shifted' or 'auto' (see `resolve_depthwise_impl`).
+    """
+
+    features: int
+    kernel_size: Tuple[int, int] = (1, 1)
+    strides: int = 1
+    padding: int = 0
+    groups: int = 1
+    use_bias: bool = True
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_ch = x.shape[-1]
+        if in_ch % self.groups:
+            raise ValueError(f"{self.name}: input channels {in_ch} not divisible by groups {self.groups}")
+        kh, kw = self.kernel_size
+        fan_in = (in_ch // self.groups) * kh * kw
+        kernel = self.param("kernel", torch_kernel_init(),
+                            (kh, kw, in_ch // self.groups, self.features), self.param_dtype)
+        bias = (self.param("bias", torch_bias_init(fan_in), (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+        depthwise = self.groups == in_ch == self.features and self.groups > 1
+        if (kh, kw) == (1, 1) and self.strides == 1 and self.groups == 1 and self.padding == 0:
+            y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        elif (depthwise and (kh, kw) == (3, 3) and self.strides == 1 and self.padding == 1
+              and resolve_depthwise_impl(self.depthwise_impl) == "shifted"):
+            y = depthwise_conv3x3_shifted(x, kernel)
+        else:
+            p = self.padding
+            y = lax.conv_general_dilated(
+                x, kernel, window_strides=(self.strides, self.strides),
+                padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups)
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+def channel_layer_norm(name: str, dtype: Optional[Dtype] = None,
+                       param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+    """NAFNet's `LayerNorm2d` in NHWC: normalise over channels per pixel.
+
+    Biased variance and eps 1e-6 inside the sqrt, as the original; its weight and
+    bias are Flax's `scale` and `bias`. Flax computes the statistics in at least
+    float32, also for bfloat16 compute.
+    """
+    return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
+
+
+def simple_gate(x: Array) -> Array:
+    """SimpleGate: split channels into halves [0:c] and [c:2c], multiply them."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x1 * x2
+
+
+def pixel_shuffle(x: Array, r: int) -> Array:
+    """`torch.nn.PixelShuffle(r)` in NHWC (channel order c*r*r + i*r + j).
+
+    Note this is NOT `depth_to_space` (TF's DCR order).
+    """
+    n, h, w, c = x.shape
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: channels {c} not divisible by r^2 = {r * r}")
+    oc = c // (r * r)
+    x = x.reshape(n, h, w, oc, r, r)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(n, h * r, w * r, oc)
+
+
+def tlc_pool(x: Array, kernel: Optional[Tuple[int, int]]) -> Array:
+    """Test-time local converter pool (local_arch.AvgPool2d, fast_imp=False).
+
+    Args:
+      x: (N, H, W, C).
+      kernel: the (kh, kw) box fixed at 1.5x this level's training feature size,
+        or None for the plain global mean (no TLC).
+    Returns:
+      (N, 1, 1, C) when the box covers the whole map (the global mean, identical
+      to AdaptiveAvgPool2d(1)), else (N, H, W, C): the local box mean computed by
+      an integral image, edge-replicated back to (H, W) with (k-1)//2 before and
+      k//2 after, as the original.
+    """
+    n, h, w, c = x.shape
+    if kernel is None or (kernel[0] >= h and kernel[1] >= w):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    k1, k2 = min(h, kernel[0]), min(w, kernel[1])
+    s = jnp.cumsum(jnp.cumsum(x, axis=2), axis=1)
+    s = jnp.pad(s, ((0, 0), (1, 0), (1, 0), (0, 0)))
+    out = (s[:, k1:, k2:] + s[:, :-k1, :-k2] - s[:, :-k1, k2:] - s[:, k1:, :-k2]) / (k1 * k2)
+    oh, ow = out.shape[1:3]
+    pad = ((0, 0), ((h - oh) // 2, (h - oh + 1) // 2), ((w - ow) // 2, (w - ow + 1) // 2), (0, 0))
+    return jnp.pad(out, pad, mode="edge")
+
+
+def pad_to_multiple(x: Array, multiple: int) -> Array:
+    """Zero-pads H and W at the bottom/right up to a multiple (check_image_size)."""
+    _, h, w, _ = x.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+
+
+def tlc_kernels(train_size: Sequence[int], num_levels: int) -> Tuple[Tuple[int, int], ...]:
+    """Per-level TLC kernels, as the original's warm-up forward would set them.
+
+    The original runs one forward at `train_size` (after padding to 2**L) and
+    each pool sets kernel = feat * int(1.5 * size) // size. Returns one (kh, kw)
+    per level 0..L; index L is the middle blocks; decoder level i reuses the
+    kernel of encoder level L-1-i.
+    """
+    th, tw = int(train_size[0]), int(train_size[1])
+    mult = 2 ** num_levels
+    ph, pw = th + (-th) % mult, tw + (-tw) % mult
+    bh, bw = int(th * 1.5), int(tw * 1.5)
+    kernels = []
+    for level in range(num_levels + 1):
+        fh, fw = ph, pw
+        for _ in range(level):  # stride-2 VALID convs floor the size
+            fh, fw = fh // 2, fw // 2
+        kernels.append((fh * bh // th, fw * bw // tw))
+    return tuple(kernels)

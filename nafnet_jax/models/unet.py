@@ -1,0 +1,117 @@
+"""NAFNet's single-stage U-Net (also the Baseline's): pure Flax linen, NHWC."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nafnet_jax.models.blocks import NAFNET_BLOCK, BlockConfig, RestorationBlock, baseline_block
+from nafnet_jax.models.layers import Conv2d, pad_to_multiple, pixel_shuffle, tlc_kernels
+
+Array = jax.Array
+
+
+class UNet(nn.Module):
+    """The NAFNet/Baseline U-Net.
+
+    intro 3x3 -> L encoder levels (blocks, then a 2x2 stride-2 conv doubling
+    channels) -> middle blocks -> L decoder levels (1x1 conv + PixelShuffle(2),
+    additive skip, blocks) -> ending 3x3 -> + input. The input is zero-padded
+    bottom/right to a multiple of 2**L and the output cropped back, so any H, W
+    works.
+
+    Attributes:
+      block: what each block is made of (NAFBlock, BaselineBlock, an ablation rung).
+      width: channels at level 0.
+      enc_blk_nums: blocks per encoder level (L = its length).
+      middle_blk_num: blocks at the bottom.
+      dec_blk_nums: blocks per decoder level (length L).
+      img_channel: image channels in and out.
+      tlc_train_size: (H, W) of the training crops to enable the test-time local
+        converter (the original's NAFNetLocal/BaselineLocal), or None.
+      dtype: compute dtype (e.g. jnp.bfloat16); None keeps the input's.
+      param_dtype: parameter dtype.
+      depthwise_impl: depthwise 3x3 formulation ('auto', 'xla', 'shifted').
+      remat: rematerialise each block in the backward pass (memory for compute).
+    """
+
+    block: BlockConfig = NAFNET_BLOCK
+    width: int = 16
+    enc_blk_nums: Tuple[int, ...] = ()
+    middle_blk_num: int = 1
+    dec_blk_nums: Tuple[int, ...] = ()
+    img_channel: int = 3
+    tlc_train_size: Optional[Tuple[int, int]] = None
+    dtype: Optional[Any] = None
+    param_dtype: Any = jnp.float32
+    depthwise_impl: str = "auto"
+    remat: bool = False
+
+    def setup_check(self) -> None:
+        if len(self.enc_blk_nums) != len(self.dec_blk_nums):
+            raise ValueError(f"enc_blk_nums {tuple(self.enc_blk_nums)} and dec_blk_nums "
+                             f"{tuple(self.dec_blk_nums)} must have the same length")
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Restores a batch.
+
+        Args:
+          x: (N, H, W, img_channel) degraded images, float in [0, 1].
+        Returns:
+          (N, H, W, img_channel) restored images (not clipped).
+        """
+        self.setup_check()
+        if x.ndim != 4 or x.shape[-1] != self.img_channel:
+            raise ValueError(f"expected NHWC input with {self.img_channel} channels, got shape {x.shape}")
+        _, h, w, _ = x.shape
+        levels = len(self.enc_blk_nums)
+        kernels = (tlc_kernels(self.tlc_train_size, levels) if self.tlc_train_size is not None
+                   else (None,) * (levels + 1))
+        conv = functools.partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        block_cls = nn.remat(RestorationBlock) if self.remat else RestorationBlock
+        block = functools.partial(block_cls, self.block, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  depthwise_impl=self.depthwise_impl)
+
+        inp = pad_to_multiple(x, 2 ** levels)
+        x = conv(self.width, (3, 3), padding=1, name="intro")(inp)
+        skips = []
+        chan = self.width
+        for i, num in enumerate(self.enc_blk_nums):
+            for j in range(num):
+                x = block(kernels[i], name=f"encoders_{i}_{j}")(x)
+            skips.append(x)
+            x = conv(2 * chan, (2, 2), strides=2, name=f"downs_{i}")(x)
+            chan *= 2
+        for j in range(self.middle_blk_num):
+            x = block(kernels[levels], name=f"middle_blks_{j}")(x)
+        for i, num in enumerate(self.dec_blk_nums):
+            x = pixel_shuffle(conv(2 * chan, use_bias=False, name=f"ups_{i}")(x), 2)
+            chan //= 2
+            x = x + skips[levels - 1 - i]
+            for j in range(num):
+                x = block(kernels[levels - 1 - i], name=f"decoders_{i}_{j}")(x)
+        x = conv(self.img_channel, (3, 3), padding=1, name="ending")(x)
+        x = x + inp
+        return x[:, :h, :w, :]
+
+
+def NAFNet(width: int = 16, enc_blk_nums: Sequence[int] = (), middle_blk_num: int = 1,
+           dec_blk_nums: Sequence[int] = (), img_channel: int = 3, **kwargs) -> UNet:
+    """NAFNet (the original's `NAFNet`, or `NAFNetLocal` with `tlc_train_size`)."""
+    return UNet(block=NAFNET_BLOCK, width=width, enc_blk_nums=tuple(enc_blk_nums),
+                middle_blk_num=middle_blk_num, dec_blk_nums=tuple(dec_blk_nums),
+                img_channel=img_channel, **kwargs)
+
+
+def Baseline(width: int = 16, enc_blk_nums: Sequence[int] = (), middle_blk_num: int = 1,
+             dec_blk_nums: Sequence[int] = (), img_channel: int = 3, dw_expand: int = 1,
+             ffn_expand: int = 2, **kwargs) -> UNet:
+    """The paper's Baseline (the original's `Baseline`, or `BaselineLocal` with TLC)."""
+    return UNet(block=baseline_block(dw_expand, ffn_expand), width=width,
+                enc_blk_nums=tuple(enc_blk_nums), middle_blk_num=middle_blk_num,
+                dec_blk_nums=tuple(dec_blk_nums), img_channel=img_channel, **kwargs)
