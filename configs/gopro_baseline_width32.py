@@ -1,0 +1,25 @@
+"""Baseline-GoPro-width32: BaselineLocal deblurring on GoPro (the original's options/train/GoPro/Baseline-width32.yml). Every number here is the original's unless commented."""
+
+from nafnet_jax.config import base_config, model_config
+
+
+def get_config():
+    config = base_config()
+    config.seed = 42
+    config.model = model_config(
+        width=32, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1, dec_blk_nums=(1, 1, 1, 1),
+        activation="gelu", attention="se", dw_expand=1, ffn_expand=2,
+        tlc_train_size=(256, 256))
+    config.data.dataset = "gopro"
+    config.data.crop_size = 256
+    config.data.use_flip = True
+    config.data.use_rot = True
+    config.data.eval_split = "test"
+    config.eval.protocol = "uint8"
+    config.optimizer.lr = 1e-3
+    config.optimizer.weight_decay = 1e-3
+    config.train.total_steps = 200_000
+    config.train.batch_size = 32  # global: 4 per GPU x 8 GPUs
+    config.train.eval_every = 20_000
+    config.train.checkpoint_every = 5000
+    return config

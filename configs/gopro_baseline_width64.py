@@ -1,0 +1,25 @@
+"""Baseline-GoPro-width64: BaselineLocal deblurring on GoPro (the original's options/train/GoPro/Baseline-width64.yml). Every number here is the original's unless commented."""
+
+from nafnet_jax.config import base_config, model_config
+
+
+def get_config():
+    config = base_config()
+    config.seed = 10
+    config.model = model_config(
+        width=64, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1, dec_blk_nums=(1, 1, 1, 1),
+        activation="gelu", attention="se", dw_expand=2, ffn_expand=2,
+        tlc_train_size=(256, 256))
+    config.data.dataset = "gopro"
+    config.data.crop_size = 256
+    config.data.use_flip = True
+    config.data.use_rot = True
+    config.data.eval_split = "test"
+    config.eval.protocol = "uint8"
+    config.optimizer.lr = 1e-3
+    config.optimizer.weight_decay = 0.0
+    config.train.total_steps = 400_000
+    config.train.batch_size = 64  # global: 8 per GPU x 8 GPUs
+    config.train.eval_every = 20_000
+    config.train.checkpoint_every = 5000
+    return config

@@ -1,0 +1,25 @@
+"""Baseline-SIDD-width32: plain Baseline denoising on SIDD (the original's options/train/SIDD/Baseline-width32.yml). Every number here is the original's unless commented."""
+
+from nafnet_jax.config import base_config, model_config
+
+
+def get_config():
+    config = base_config()
+    config.seed = 10
+    config.model = model_config(
+        width=32, enc_blk_nums=(2, 2, 4, 8), middle_blk_num=12, dec_blk_nums=(2, 2, 2, 2),
+        activation="gelu", attention="se", dw_expand=1, ffn_expand=2,
+        tlc_train_size=None)
+    config.data.dataset = "sidd"
+    config.data.crop_size = 256
+    config.data.use_flip = False
+    config.data.use_rot = False
+    config.data.eval_split = "validation"
+    config.eval.protocol = "float"
+    config.optimizer.lr = 1e-3
+    config.optimizer.weight_decay = 0.0
+    config.train.total_steps = 200_000
+    config.train.batch_size = 32  # global: 4 per GPU x 8 GPUs
+    config.train.eval_every = 20_000
+    config.train.checkpoint_every = 5000
+    return config

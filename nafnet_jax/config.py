@@ -1,0 +1,129 @@
+"""The config schema every `configs/*.py` starts from, and its validation.
+
+Every number of a recipe lives in the config files; this module only fixes the
+keys (so a typo on the command line is an error naming the key) and checks the
+values before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from nafnet_jax.losses import LOSSES
+from nafnet_jax.models.blocks import ACTIVATIONS, ATTENTIONS
+from nafnet_jax.train_step import NONFINITE_POLICIES
+
+
+def model_config(width: int = 32, enc_blk_nums: Sequence[int] = (1, 1, 1, 28), middle_blk_num: int = 1,
+                 dec_blk_nums: Sequence[int] = (1, 1, 1, 1), activation: str = "simple_gate",
+                 attention: Optional[str] = "sca", norm: bool = True, dw_expand: int = 2,
+                 ffn_expand: int = 2, tlc_train_size: Optional[Sequence[int]] = None,
+                 ) -> ml_collections.ConfigDict:
+    """`config.model`: the `UNet` attributes, spelled out (no hidden registry defaults)."""
+    return ml_collections.ConfigDict({
+        "width": width,
+        "enc_blk_nums": tuple(enc_blk_nums),
+        "middle_blk_num": middle_blk_num,
+        "dec_blk_nums": tuple(dec_blk_nums),
+        "img_channel": 3,
+        "block": {"activation": activation,
+                  "attention": attention if attention is not None else config_dict.placeholder(str),
+                  "norm": norm, "dw_expand": dw_expand, "ffn_expand": ffn_expand},
+        # (H, W) of the training crops: enables TLC (NAFNetLocal) at test time.
+        "tlc_train_size": (tuple(tlc_train_size) if tlc_train_size is not None
+                           else config_dict.placeholder(tuple)),
+        "dtype": "float32",          # compute dtype; 'bfloat16' for mixed precision
+        "param_dtype": "float32",
+        "depthwise_impl": "auto",    # 'auto' picks the fastest exact formulation per backend
+        "remat": False,
+    })
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with the original's common settings (NAFNET.md 2.2)."""
+    from nafnet_jax.data import default_data_config
+    from nafnet_jax.evaluate import default_eval_config
+
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    config.model = model_config()
+    config.data = default_data_config()
+    config.eval = default_eval_config()
+    config.optimizer = ml_collections.ConfigDict({
+        "lr": 1e-3,
+        "eta_min": 1e-7,        # TrueCosineAnnealingLR eta_min
+        "b1": 0.9,
+        "b2": 0.9,              # the original's betas (0.9, 0.9), not Adam's default 0.999
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "grad_clip": 0.01,      # clip_grad_norm_(0.01) is on by default in the original
+    })
+    config.train = ml_collections.ConfigDict({
+        "total_steps": 200_000,
+        "batch_size": 32,           # global batch (all devices, all micro-batches)
+        "grad_accum_steps": 1,      # micro-batches per update, to reach the global batch on fewer devices
+        "loss": "psnr",
+        "log_every": 100,
+        "eval_every": 20_000,
+        "eval_at_steps": (1000,),   # the original also validates at iteration 1000
+        "num_val_images": 3,        # lq | output | gt pictures written to TensorBoard
+        "checkpoint_every": 5000,
+        "keep_checkpoints": 3,      # the last N, plus the best by validation PSNR
+        "async_checkpoints": True,
+        "nonfinite": "stop",        # 'stop' or 'skip' a step whose loss/gradient is not finite
+        "ema_decay": 0.0,           # the original keeps no EMA; > 0 keeps one
+        "progress_bar": True,       # tqdm on a terminal, log lines otherwise
+    })
+    config.mesh = ml_collections.ConfigDict({
+        "num_devices": 0,   # 0: all visible devices
+        "fsdp": 1,          # >1 shards params/optimiser state over this many devices
+    })
+    return config
+
+
+def _check(cond: bool, key: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ValueError(f"invalid config value {key}={value!r}: expected {expected}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid key; called before any work."""
+    for section in ("model", "data", "eval", "optimizer", "train", "mesh"):
+        if section not in config:
+            raise ValueError(f"config has no '{section}' section")
+    m, o, t = config.model, config.optimizer, config.train
+    _check(isinstance(m.width, int) and m.width > 0, "model.width", m.width, "a positive int")
+    _check(len(m.enc_blk_nums) == len(m.dec_blk_nums), "model.dec_blk_nums", m.dec_blk_nums,
+           f"as many levels as model.enc_blk_nums {m.enc_blk_nums}")
+    _check(m.block.activation in ACTIVATIONS, "model.block.activation", m.block.activation,
+           f"one of {ACTIVATIONS}")
+    _check(m.block.attention in ATTENTIONS, "model.block.attention", m.block.attention,
+           f"one of {ATTENTIONS}")
+    _check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
+           "'float32', 'bfloat16' or 'float16'")
+    _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
+    _check(0 <= o.eta_min < o.lr, "optimizer.eta_min", o.eta_min, "in [0, optimizer.lr)")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optimizer.b1/b2", (o.b1, o.b2), "in [0, 1)")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, ">= 0")
+    _check(o.grad_clip is None or o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, ">= 0 or None")
+    _check(isinstance(t.total_steps, int) and t.total_steps > 0, "train.total_steps", t.total_steps,
+           "a positive int")
+    _check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size", t.batch_size,
+           "a positive int")
+    _check(isinstance(t.grad_accum_steps, int) and t.grad_accum_steps >= 1
+           and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps", t.grad_accum_steps,
+           f"a positive int dividing train.batch_size={t.batch_size}")
+    _check(t.loss in LOSSES, "train.loss", t.loss, f"one of {sorted(LOSSES)}")
+    _check(t.nonfinite in NONFINITE_POLICIES, "train.nonfinite", t.nonfinite, f"one of {NONFINITE_POLICIES}")
+    for key in ("log_every", "checkpoint_every"):
+        _check(isinstance(t[key], int) and t[key] > 0, f"train.{key}", t[key], "a positive int")
+    _check(isinstance(t.eval_every, int) and t.eval_every >= 0, "train.eval_every", t.eval_every,
+           "an int >= 0 (0: never)")
+    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "in [0, 1)")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
+    _check(config.mesh.fsdp >= 1, "mesh.fsdp", config.mesh.fsdp, ">= 1")
+    _check(config.data.crop_size > 0, "data.crop_size", config.data.crop_size, "> 0")
+
