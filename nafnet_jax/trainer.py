@@ -104,33 +104,60 @@ def _validation_images(lq, out, gt) -> np.ndarray:
     return (row[None] * 255.0 + 0.5).astype(np.uint8)
 
 
-def run_validation(config, model, params, step: int, writer) -> Dict[str, float]:
-    """Full-resolution validation with the model's TLC setting; writes scalars and images."""
-    from nafnet_jax.data import create_eval_dataset
-    from nafnet_jax.evaluate import evaluate
+class Validator:
+    """Periodic full-resolution validation (with the model's TLC setting).
 
-    dataset = create_eval_dataset(config.data, split=config.data.eval_split,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
-    apply_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    result = evaluate(apply_fn, params, dataset, config.eval)
-    identity = evaluate(lambda p, x: x, None, dataset, config.eval)
-    sums = np.array([result["psnr"] * result["count"], result["ssim"] * result["count"],
-                     identity["psnr"] * identity["count"], float(result["count"])])
-    if jax.process_count() > 1:
-        sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
-    count = max(sums[3], 1.0)
-    scalars = {"val/psnr": sums[0] / count, "val/ssim": sums[1] / count,
-               "val/psnr_input": sums[2] / count, "val/count": sums[3]}
-    writer.write_scalars(step, scalars)
-    images = []
-    for i, example in enumerate(dataset):
-        if i >= config.train.num_val_images:
-            break
-        out = np.asarray(apply_fn(params, jnp.asarray(example["lq"])[None]))[0]
-        images.append(_validation_images(example["lq"], out, example["gt"]))
-    if images:
-        writer.write_images(step, {f"val/sample_{i}": im for i, im in enumerate(images)})
-    return scalars
+    Keeps the eval dataset, the compiled shapes and the input's own scores
+    (`val/psnr_input`, computed once) across validations. Every process
+    evaluates its shard; sums are combined over processes.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, model):
+        from nafnet_jax.data import create_eval_dataset
+        from nafnet_jax.evaluate import make_restorer
+
+        self.config = config
+        self.dataset = create_eval_dataset(config.data, split=config.data.eval_split,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count())
+        self.align = 2 ** len(model.enc_blk_nums)
+        self.restorer = make_restorer(lambda p, x: model.apply({"params": p}, x), None, config.eval,
+                                      self.align)
+        self.input_scores: Optional[np.ndarray] = None
+
+    def _sum_over_processes(self, values: np.ndarray) -> np.ndarray:
+        if jax.process_count() == 1:
+            return values
+        return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+    def __call__(self, params, step: int, writer) -> Dict[str, float]:
+        from nafnet_jax.evaluate import evaluate
+
+        # A full local copy of the (possibly FSDP-sharded) params for whole-image inference.
+        replicated = jax.jit(lambda p: p, out_shardings=partitioning.replicated(
+            jax.tree.leaves(params)[0].sharding.mesh))(params)
+        host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), replicated)
+        self.restorer.params = jax.device_put(host_params, jax.local_devices()[0])
+        result = evaluate(None, None, self.dataset, self.config.eval, restorer=self.restorer)
+        if self.input_scores is None:
+            identity = evaluate(lambda p, x: x, None, self.dataset, self.config.eval, align=self.align)
+            self.input_scores = np.array([identity["psnr"] * identity["count"]])
+        count = float(result["count"])
+        sums = self._sum_over_processes(np.array([result["psnr"] * count, result["ssim"] * count,
+                                                  self.input_scores[0], count]))
+        total = max(sums[3], 1.0)
+        scalars = {"val/psnr": sums[0] / total, "val/ssim": sums[1] / total,
+                   "val/psnr_input": sums[2] / total, "val/count": sums[3]}
+        writer.write_scalars(step, scalars)
+        images = []
+        for i, example in enumerate(self.dataset):
+            if i >= self.config.train.num_val_images:
+                break
+            out = self.restorer(np.asarray(example["lq"], np.float32))
+            images.append(_validation_images(example["lq"], out, example["gt"]))
+        if images:
+            writer.write_images(step, {f"val/sample_{i}": im for i, im in enumerate(images)})
+        return scalars
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -202,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
     flops = _cost_flops(compiled)
 
+    validator = Validator(config, model) if tc.eval_every else None
     progress = Progress(tc.total_steps, start_step, tc.progress_bar)
     last_metrics: Dict[str, Any] = {}
     val_scalars: Dict[str, float] = {}
@@ -243,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             metrics_for_ckpt = None
             if do_eval:
                 _check_nonfinite(state, tc.nonfinite)
-                val_scalars = run_validation(config, model, state.params, step, writer)
+                val_scalars = validator(state.params, step, writer)
                 metrics_for_ckpt = {checkpointing.BEST_METRIC: val_scalars["val/psnr"]}
                 progress.update(step, {k.split("/")[1]: v for k, v in val_scalars.items()})
             stopping = _stop_requested(stop)

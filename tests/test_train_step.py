@@ -181,3 +181,22 @@ def test_optax_adamw_matches_torch_adamw_decoupling():
     m, v = 0.1 * g, 0.1 * g * g
     expected = p * (1 - 1e-2 * 0.1) - 1e-2 * (m / 0.1) / (jnp.sqrt(v / 0.1) + 1e-8)
     np.testing.assert_allclose(new, expected, rtol=1e-6)
+
+
+def test_step_traces_once_and_needs_no_implicit_rank_promotion():
+    import chex
+    from nafnet_jax import partitioning
+    from nafnet_jax.train_step import jit_train_step
+
+    model, tx, state, _ = _tiny_setup()
+    mesh = partitioning.create_mesh(1)
+    shardings = partitioning.state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)  # as the trainer's state is born: on the mesh
+    batch_sharding = partitioning.batch_sharding(mesh)
+    with jax.numpy_rank_promotion("raise"):
+        step = jit_train_step(chex.assert_max_traces(make_train_step(model, tx, psnr_loss), n=1),
+                              shardings, batch_sharding)
+        for i in range(3):  # a second trace (recompilation) would raise
+            batch = partitioning.host_to_global(jax.device_get(_batch(i)), batch_sharding)
+            state, metrics = step(state, batch)
+    assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))

@@ -47,16 +47,27 @@ def tiny_overrides(dirs: dict, total_steps: int = 6, extra: Sequence[str] = ()) 
     ]
 
 
-def run_train(workdir, overrides, devices: int = 1, env_extra=None, check=True, timeout=300,
-              extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
-    """Runs train.py in a fresh process (so the simulated device count can be chosen)."""
+def train_env(devices: int = 1) -> dict:
+    """The environment of a train.py subprocess with `devices` simulated CPU devices."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def train_command(workdir, overrides, extra_args: Sequence[str] = ()) -> list:
+    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo.py"),
+            f"--workdir={workdir}", *extra_args, *overrides]
+
+
+def run_train(workdir, overrides, devices: int = 1, env_extra=None, check=True, timeout=600,
+              extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Runs train.py in a fresh process (so the simulated device count can be chosen)."""
+    env = train_env(devices)
     env.update(env_extra or {})
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo.py"),
-           f"--workdir={workdir}", *extra_args, *overrides]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    cmd = train_command(workdir, overrides, extra_args)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

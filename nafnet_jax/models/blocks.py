@@ -132,14 +132,14 @@ class RestorationBlock(nn.Module):
         x = self._channel_attention(x, conv)
         x = conv(c, name="conv3")(x)
         beta = self.param("beta", nn.initializers.zeros, (c,), self.param_dtype)
-        y = inp + x * beta.astype(x.dtype)
+        y = inp + x * beta.astype(x.dtype).reshape(1, 1, 1, c)
 
         x = norm("norm2")(y) if cfg.norm else y
         x = conv(c * cfg.ffn_expand, name="conv4")(x)
         x = activate(x, cfg.activation)
         x = conv(c, name="conv5")(x)
         gamma = self.param("gamma", nn.initializers.zeros, (c,), self.param_dtype)
-        return y + x * gamma.astype(x.dtype)
+        return y + x * gamma.astype(x.dtype).reshape(1, 1, 1, c)
 
     def _channel_attention(self, x: Array, conv) -> Array:
         ch = x.shape[-1]

@@ -56,23 +56,79 @@ def resolve_depthwise_impl(impl: str) -> str:
     return "shifted" if jax.default_backend() == "cpu" else "xla"
 
 
+def _accumulation_dtype(dtype: Dtype) -> Dtype:
+    """float32 for narrower floats (bfloat16/float16), else the dtype itself."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _shifted_multiply_add(x: Array, kernel: Array) -> Array:
+    """sum_{i,j} pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0], accumulated in >= float32.
+
+    One XLA loop fusion: each output element reads its nine neighbours once; no
+    shifted copy of `x` is ever materialised.
+    """
+    _, h, w, _ = x.shape
+    acc = _accumulation_dtype(x.dtype)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = None
+    for i in range(3):
+        for j in range(3):
+            term = xp[:, i:i + h, j:j + w, :].astype(acc) * kernel[i, j, 0].astype(acc).reshape(1, 1, 1, -1)
+            out = term if out is None else out + term
+    return out.astype(x.dtype)
+
+
+def _shifted_kernel_grad(x: Array, g: Array) -> Array:
+    """dL/dkernel of the depthwise conv: (3, 3, 1, C), sum over N, H, W of pad(x)-shift * g.
+
+    Nine reductions that read `x` and the cotangent `g` in place (float32
+    accumulation), instead of the nine shifted copies of `x` plain autodiff
+    would keep as residuals.
+    """
+    _, h, w, c = x.shape
+    acc = _accumulation_dtype(x.dtype)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    g = g.astype(acc)
+    taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(acc) * g, axis=(0, 1, 2))
+            for i in range(3) for j in range(3)]
+    return jnp.stack(taps).reshape(3, 3, 1, c)
+
+
+@jax.custom_vjp
 def depthwise_conv3x3_shifted(x: Array, kernel: Array) -> Array:
     """3x3 depthwise conv, zero padding 1, as nine shifted multiply-adds.
+
+    Equal to `lax.conv_general_dilated(..., feature_group_count=C)` up to float32
+    summation order (bfloat16 inputs are accumulated in float32, as XLA's conv
+    does). Its VJP is hand-written: dx is the same nine-tap sum over the
+    cotangent with the kernel rotated 180 degrees, dkernel nine reductions; the
+    only residuals are `x` and `kernel`. Plain autodiff of the shifted sum
+    stored nine shifted copies of every depthwise input and made XLA:CPU emit
+    pad/transpose fusions that cost more than the matmuls (docs/benchmarks.md).
+    Being a `custom_vjp`, it supports reverse mode (grad, vjp, remat) but not
+    forward mode (jvp); use `depthwise_impl='xla'` where forward mode is needed.
 
     Args:
       x: (N, H, W, C).
       kernel: (3, 3, 1, C), the HWIO layout of a grouped conv with groups == C.
     Returns:
-      (N, H, W, C), equal to `lax.conv_general_dilated(..., feature_group_count=C)`.
+      (N, H, W, C) in x's dtype.
     """
-    _, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
-    for i in range(3):
-        for j in range(3):
-            term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+    return _shifted_multiply_add(x, kernel)
+
+
+def _depthwise_shifted_fwd(x: Array, kernel: Array):
+    return _shifted_multiply_add(x, kernel), (x, kernel)
+
+
+def _depthwise_shifted_bwd(residuals, g: Array):
+    x, kernel = residuals
+    dx = _shifted_multiply_add(g.astype(x.dtype), kernel[::-1, ::-1])
+    dkernel = _shifted_kernel_grad(x, g).astype(kernel.dtype)
+    return dx, dkernel
+
+
+depthwise_conv3x3_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 class Conv2d(nn.Module):
@@ -131,7 +187,7 @@ class Conv2d(nn.Module):
                 padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=self.groups)
         if bias is not None:
-            y = y + bias
+            y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))  # explicit rank: no implicit promotion
         return y
 
 

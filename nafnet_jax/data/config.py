@@ -1,0 +1,119 @@
+"""The data config (`config.data`): its defaults and validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import placeholder  # None that the command line can override
+
+from nafnet_jax.data.degradations import DegradationSpec, parse_degradation
+
+DATASETS = ('bundled', 'gopro', 'sidd', 'reds', 'paired_folder')
+# Split evaluated when data.eval_split is None.
+DEFAULT_EVAL_SPLIT = {'bundled': 'validation', 'gopro': 'test', 'sidd': 'validation',
+                      'reds': 'validation', 'paired_folder': 'validation'}
+# Datasets whose stored lq equals gt: training on them needs a degradation.
+CLEAN_ONLY = ('bundled',)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Defaults of every data option; configs override fields (see each comment)."""
+    c = ml_collections.ConfigDict()
+    c.dataset = 'bundled'  # tfds builder: bundled | gopro | sidd | reds | paired_folder
+    c.data_dir = placeholder(str)  # tfds data_dir (None: tfds default, ~/tensorflow_datasets)
+    c.manual_dir = placeholder(str)  # the extracted download (gopro, sidd, reds)
+    c.train_split = 'train'  # tfds split syntax accepted, e.g. 'train[:90%]'
+    c.eval_split = placeholder(str)  # None: 'test' for gopro, 'validation' otherwise
+    # paired_folder: two folders with matching file names (extensions may differ). lq_dir=None
+    # means the folder holds clean images only: lq = gt, to be degraded (data.degradation).
+    c.lq_dir = placeholder(str)
+    c.gt_dir = placeholder(str)
+    c.eval_lq_dir = placeholder(str)
+    c.eval_gt_dir = placeholder(str)
+    c.paired_folder_via_tfds = False  # True: prepare a tfds dataset; False: read the folders
+    c.crop_size = 256  # gt_size of the original configs
+    c.use_flip = True  # random horizontal flip (p=0.5)
+    c.use_rot = True  # random vertical flip and transpose (p=0.5 each)
+    # Synthetic degradation of gt into lq, see nafnet_jax.data.degradations; empty: none.
+    c.degradation = ml_collections.ConfigDict()
+    # Crops cut from each decoded image (1: as the original). k > 1 divides decode cost by k.
+    c.crops_per_image = 1
+    # Window (in crops) inside which consecutive crops are permuted, to spread the k crops of an
+    # image over several batches. 0/1: none. Epoch order is a full index permutation anyway.
+    c.shuffle_buffer = 0
+    c.eval_max_images = placeholder(int)  # evaluate the first N images of the split (None: all)
+    c.eval_seed = 0  # seeds the degradation of eval images (fixed across runs)
+    c.prepare = True  # build a missing tfds dataset on first use (single-process runs only)
+    c.num_parallel_calls = -1  # tf.data map parallelism; -1: AUTOTUNE
+    c.prefetch = 2  # batches prefetched by tf.data
+    return c
+
+
+def _get(config, key: str) -> Any:
+    try:
+        return config[key]
+    except KeyError:
+        raise KeyError(f'data.{key} is missing; start from default_data_config()') from None
+
+
+def _check(condition: bool, key: str, message: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f'data.{key} {message}, got {value!r}')
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_data_config(config) -> DegradationSpec | None:
+    """Checks every field of `config.data`; raises naming the bad key. Returns the degradation.
+
+    Accepts a ConfigDict or a plain mapping with the keys of `default_data_config()`.
+    """
+    known = set(default_data_config().keys())
+    unknown = sorted(set(config.keys()) - known)
+    if unknown:
+        raise ValueError(f'data: unknown key(s) {unknown}; known: {sorted(known)}')
+    dataset = _get(config, 'dataset')
+    _check(dataset in DATASETS, 'dataset', f'must be one of {DATASETS}', dataset)
+    for key in ('data_dir', 'manual_dir', 'lq_dir', 'gt_dir', 'eval_lq_dir', 'eval_gt_dir',
+                'eval_split'):
+        v = _get(config, key)
+        _check(v is None or isinstance(v, str), key, 'must be a string or None', v)
+    _check(isinstance(_get(config, 'train_split'), str) and config['train_split'], 'train_split',
+           'must be a non-empty string', config['train_split'])
+    crop = _get(config, 'crop_size')
+    _check(_is_int(crop) and crop > 0, 'crop_size', 'must be a positive int', crop)
+    for key in ('use_flip', 'use_rot', 'prepare', 'paired_folder_via_tfds'):
+        _check(isinstance(_get(config, key), bool), key, 'must be a bool', config[key])
+    k = _get(config, 'crops_per_image')
+    _check(_is_int(k) and k >= 1, 'crops_per_image', 'must be an int >= 1', k)
+    w = _get(config, 'shuffle_buffer')
+    _check(w is None or (_is_int(w) and w >= 0), 'shuffle_buffer', 'must be an int >= 0', w)
+    n = _get(config, 'eval_max_images')
+    _check(n is None or (_is_int(n) and n > 0), 'eval_max_images', 'must be a positive int or None',
+           n)
+    _check(_is_int(_get(config, 'eval_seed')), 'eval_seed', 'must be an int', config['eval_seed'])
+    p = _get(config, 'num_parallel_calls')
+    _check(_is_int(p) and (p == -1 or p >= 1), 'num_parallel_calls', 'must be -1 or >= 1', p)
+    f = _get(config, 'prefetch')
+    _check(_is_int(f) and f >= 0, 'prefetch', 'must be an int >= 0', f)
+    if dataset == 'paired_folder':
+        _check(config['gt_dir'] is not None, 'gt_dir', "is required for dataset 'paired_folder'",
+               config['gt_dir'])
+    degradation = _get(config, 'degradation')
+    _check(degradation is None or hasattr(degradation, 'items'), 'degradation',
+           'must be a mapping (ConfigDict) or None', degradation)
+    spec = parse_degradation(degradation, 'data.degradation')
+    clean_only = dataset in CLEAN_ONLY or (dataset == 'paired_folder' and config['lq_dir'] is None)
+    if clean_only and (spec is None or spec.source != 'gt'):
+        raise ValueError(
+            f"data.degradation: dataset {dataset!r} holds clean images only (lq == gt), so it "
+            "needs a degradation of gt, e.g. data.degradation = {'noise': {'sigma': 25.0}}")
+    return spec
+
+
+def eval_split_of(config) -> str:
+    """The split evaluated: data.eval_split, or the dataset's default."""
+    return config['eval_split'] or DEFAULT_EVAL_SPLIT[config['dataset']]
