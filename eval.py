@@ -19,7 +19,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from ml_collections import config_flags
+
+from nafnet_jax.cli import define_distributed_flags, initialize_distributed, quiet_library_logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py): its model, data and eval.",
@@ -33,27 +35,17 @@ flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images with the same
 flags.DEFINE_integer("max_images", None, "Evaluate only the first N images.")
 flags.DEFINE_bool("save_images", False, "Also write the restored images (8-bit PNG).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
+define_distributed_flags()
 flags.mark_flags_as_required(["config", "checkpoint"])
-
-
-class _QuietLibraries:
-    """Drops Orbax's INFO lines (restore events) from the log; warnings pass."""
-
-    def filter(self, record):
-        return record.levelno >= 30 or "/orbax/" not in record.pathname
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
-
     from nafnet_jax.evaluate import run_eval
 
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    quiet_library_logs()
+    initialize_distributed()
     result = run_eval(FLAGS.config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                       lq_dir=FLAGS.lq_dir, gt_dir=FLAGS.gt_dir, save_images=FLAGS.save_images,
                       max_images=FLAGS.max_images, progress=FLAGS.progress)

@@ -16,7 +16,6 @@ import time
 from typing import Any, Dict, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
