@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nafnet_jax.models.layers import Conv2d, channel_layer_norm, simple_gate, tlc_pool
+from nafnet_jax.models.layers import (Conv2d, channel_layer_norm, cotangent_fusion_barrier, simple_gate,
+                                      tlc_pool)
 
 Array = jax.Array
 
@@ -121,6 +122,7 @@ class RestorationBlock(nn.Module):
     def __call__(self, inp: Array) -> Array:
         cfg = self.config
         c = inp.shape[-1]
+        inp = cotangent_fusion_barrier(inp)  # materialise the residual cotangent once (XLA:CPU)
         conv = functools.partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(channel_layer_norm, dtype=self.dtype, param_dtype=self.param_dtype)
 

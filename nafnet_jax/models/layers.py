@@ -79,19 +79,22 @@ def _shifted_multiply_add(x: Array, kernel: Array) -> Array:
 
 
 def _shifted_kernel_grad(x: Array, g: Array) -> Array:
-    """dL/dkernel of the depthwise conv: (3, 3, 1, C), sum over N, H, W of pad(x)-shift * g.
+    """dL/dkernel of the depthwise conv: (3, 3, 1, C), sum over N, H, W of shifted pad(x) * g.
 
-    Nine reductions that read `x` and the cotangent `g` in place (float32
-    accumulation), instead of the nine shifted copies of `x` plain autodiff
-    would keep as residuals.
+    One variadic reduction reads `x` and the cotangent `g` once for all nine
+    taps (float32 accumulation): first over the N*H rows, keeping W*C, then over
+    W. Nine separate sums made XLA:CPU copy eight shifted views of `x` and ran
+    2x slower; plain autodiff kept nine shifted copies of `x` as residuals.
     """
-    _, h, w, c = x.shape
+    n, h, w, c = x.shape
     acc = _accumulation_dtype(x.dtype)
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     g = g.astype(acc)
-    taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(acc) * g, axis=(0, 1, 2))
-            for i in range(3) for j in range(3)]
-    return jnp.stack(taps).reshape(3, 3, 1, c)
+    products = [(xp[:, i:i + h, j:j + w, :].astype(acc) * g).reshape(n * h, w * c)
+                for i in range(3) for j in range(3)]
+    zeros = [jnp.zeros((), acc)] * len(products)
+    row_sums = lax.reduce(products, zeros, lambda a, b: [u + v for u, v in zip(a, b)], (0,))
+    return jnp.stack([r.reshape(w, c).sum(axis=0) for r in row_sums]).reshape(3, 3, 1, c)
 
 
 @jax.custom_vjp
@@ -131,11 +134,77 @@ def _depthwise_shifted_bwd(residuals, g: Array):
 depthwise_conv3x3_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
+def _unfusible_identity(x: Array) -> Array:
+    """x, through a one-trip while loop whose trip count XLA cannot know.
+
+    XLA fuses neither into nor out of a while loop, so `x` is materialised once
+    and every consumer reads that buffer. (`lax.optimization_barrier` does not
+    do this on CPU: it is lowered to control dependencies before fusion.) The
+    start value is 0, or 1 when x's first element is NaN (the loop then does not
+    run); the body's select keeps XLA from forwarding `x` around the loop.
+    Cost: one copy of x.
+    """
+    start = jnp.isnan(x.reshape(-1)[0]).astype(jnp.int32)
+    _, out = lax.while_loop(lambda c: c[0] < 1,
+                            lambda c: (c[0] + 1, jnp.where(c[0] < 0, -c[1], c[1])), (start, x))
+    return out
+
+
+@jax.custom_vjp
+def cotangent_fusion_barrier(x: Array) -> Array:
+    """Identity whose cotangent is materialised once on CPU (an XLA:CPU fusion workaround).
+
+    NAFNet's residual stream carries its cotangent through every block as a
+    chain of elementwise adds. XLA:CPU fuses that whole chain, duplicated, into
+    each consumer (weight-gradient transposes, bias-gradient reductions), so
+    the backward of the 28-block GoPro models did quadratic work: 12 s a step
+    at 256x256 instead of 4 s, and 3x the compile time (docs/benchmarks.md).
+    Applied to each block's input, the cotangent is computed once per block.
+    Forward values and gradients are unchanged; on other backends it is a plain
+    identity. Reverse mode only (a custom_vjp), like the shifted depthwise conv.
+    """
+    return x
+
+
+def _cotangent_barrier_fwd(x: Array):
+    return x, None
+
+
+def _cotangent_barrier_bwd(_, g: Array):
+    return (_unfusible_identity(g) if jax.default_backend() == "cpu" else g,)
+
+
+cotangent_fusion_barrier.defvjp(_cotangent_barrier_fwd, _cotangent_barrier_bwd)
+
+
+def patchify_conv(x: Array, kernel: Array) -> Array:
+    """A k x k conv with stride k, no padding (NAFNet's 2x2 `downs`) as one matrix product.
+
+    Space-to-depth of non-overlapping k x k patches, then (..., k*k*Cin) @
+    (k*k*Cin, Cout); rows/columns beyond a multiple of k are dropped, as a VALID
+    conv does. The same products summed in another order as XLA's convolution;
+    on CPU its backward is 1.4-2x faster (the conv's weight gradient is slow).
+
+    Args:
+      x: (N, H, W, Cin).
+      kernel: (k, k, Cin, Cout), HWIO.
+    Returns:
+      (N, H // k, W // k, Cout).
+    """
+    n, h, w, c = x.shape
+    k, _, _, out = kernel.shape
+    ho, wo = h // k, w // k
+    x = x[:, :ho * k, :wo * k, :]
+    patches = x.reshape(n, ho, k, wo, k, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, k * k * c)
+    return lax.dot_general(patches, kernel.reshape(k * k * c, out), (((3,), (0,)), ((), ())))
+
+
 class Conv2d(nn.Module):
     """`torch.nn.Conv2d` in NHWC with PyTorch's default initialisation.
 
     The kernel is HWIO (`(kh, kw, in/groups, out)`), the layout the converter
-    produces from PyTorch's OIHW. 1x1 convs run as a matrix product, depthwise
+    produces from PyTorch's OIHW. 1x1 convs run as a matrix product, k x k
+    stride-k convs (the downsamplers) as a patchify matrix product, depthwise
     3x3 convs in the formulation `depthwise_impl` selects; all else is XLA's
     convolution.
 
@@ -177,6 +246,8 @@ class Conv2d(nn.Module):
         depthwise = self.groups == in_ch == self.features and self.groups > 1
         if (kh, kw) == (1, 1) and self.strides == 1 and self.groups == 1 and self.padding == 0:
             y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        elif kh == kw == self.strides and self.groups == 1 and self.padding == 0:
+            y = patchify_conv(x, kernel)
         elif (depthwise and (kh, kw) == (3, 3) and self.strides == 1 and self.padding == 1
               and resolve_depthwise_impl(self.depthwise_impl) == "shifted"):
             y = depthwise_conv3x3_shifted(x, kernel)
