@@ -359,6 +359,16 @@ def _cost_flops(compiled) -> Optional[float]:
     return float(cost["flops"])
 
 
+def _xla_memory(compiled) -> Dict[str, Optional[int]]:
+    """XLA's own accounting of the compiled step: temporaries, arguments, outputs (bytes per device)."""
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:
+        ma = None
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
+    return {f"xla_{f.replace('_size_in', '')}": (int(getattr(ma, f)) if ma is not None else None) for f in fields}
+
+
 def known_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
     kind = device_kind.lower()
     for key, peaks in KNOWN_PEAK_TFLOPS:
@@ -410,6 +420,7 @@ def bench_jax(case: BenchCase, opts: argparse.Namespace, recipe: Mapping[str, An
             losses.append(float(loss))
 
     flops = _cost_flops(compiled)
+    xla_memory = _xla_memory(compiled)
     memory = HostMemory()
     load_before = os.getloadavg()
     run_step(0)  # first run (allocations), then the warm-up and the timed steps
@@ -431,7 +442,7 @@ def bench_jax(case: BenchCase, opts: argparse.Namespace, recipe: Mapping[str, An
         peak_memory_bytes=peak, memory_source=source,
         rss_before_bytes=memory.rss_before if source.startswith("host") else None,
         load_avg_before=list(load_before), load_avg_after=list(load_after),
-        final_loss=losses[-1] if losses else None, cpu_s_per_step=cpu_s,
+        final_loss=losses[-1] if losses else None, cpu_s_per_step=cpu_s, **xla_memory,
     )
     row.update(_rates(row, summarize_times(times), flops, opts, device.device_kind))
     return row
@@ -819,8 +830,13 @@ def configure_runtime(args: argparse.Namespace) -> None:
         jax.config.update("jax_num_cpu_devices", args.host_device_count)
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Measures every requested case; returns the rows (nafnet_jax first, then PyTorch)."""
+def run(args: argparse.Namespace,
+        on_rows: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Dict[str, Any]]:
+    """Measures every requested case; returns the rows (nafnet_jax first, then PyTorch).
+
+    `on_rows` gets each (mode, dtype) group of rows as soon as it is complete,
+    so a long run that is stopped keeps what it measured.
+    """
     import jax
 
     args.platform = jax.default_backend()
@@ -852,6 +868,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                         jrow[f"speedup_vs_torch_{variant}"] = trow["ms_median"] / jrow["ms_median"]
                 torch_rows.append(trow)
             rows += jax_rows + torch_rows
+            if on_rows is not None:
+                on_rows(jax_rows + torch_rows)
     return rows
 
 
@@ -871,14 +889,14 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 
 TABLE_COLUMNS = ("framework", "variant", "mode", "dtype", "dw", "batch", "crop", "compile s", "ms/step (p10-p90)",
-                 "CPU s/step", "img/s", "TFLOP/s", "MFU", "peak mem GiB", "jax/torch", "load 1m")
+                 "CPU s/step", "img/s", "TFLOP/s", "MFU", "peak mem GiB", "XLA temp GiB", "jax/torch", "load 1m")
 
 
 def _table_cells(row: Mapping[str, Any]) -> List[str]:
     if "error" in row:
         return [row["framework"], row["variant"], row["mode"], row["dtype"], "-", str(row["batch"]),
                 f"{row['height']}x{row['width']}", "-", f"failed: {row['error'][:60]}", "-", "-", "-", "-",
-                "-", "-", "-"]
+                "-", "-", "-", "-"]
     dw = row.get("depthwise_impl_resolved") or "-"
     if row["framework"] == "nafnet_jax" and row["depthwise_impl"] == "auto":
         dw = f"auto={dw}"
@@ -891,6 +909,7 @@ def _table_cells(row: Mapping[str, Any]) -> List[str]:
         _fmt(row.get("cpu_s_per_step"), ".2f"), _fmt(row.get("images_per_s"), ".2f"), _fmt(row.get("tflops"), ".3f"),
         _fmt(row.get("mfu") and 100 * row["mfu"], ".1f") + ("%" if row.get("mfu") else ""),
         _fmt(mem and mem / 2 ** 30, ".2f") + ("*" if mem and row["memory_source"].startswith("host") else ""),
+        _fmt(row.get("xla_temp_bytes") and row["xla_temp_bytes"] / 2 ** 30, ".2f"),
         ", ".join(ratios) or "-", f"{row['load_avg_before'][0]:.2f}",
     ]
 
@@ -926,9 +945,7 @@ def write_jsonl(rows: Sequence[Mapping[str, Any]], target: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     configure_runtime(args)
-    rows = run(args)
-    if args.jsonl:
-        write_jsonl(rows, args.jsonl)
+    rows = run(args, on_rows=(lambda group: write_jsonl(group, args.jsonl)) if args.jsonl else None)
     if not args.quiet and args.jsonl != "-":
         print(format_table(rows))
     if args.markdown:

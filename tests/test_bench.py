@@ -51,6 +51,7 @@ def test_rows_report_time_rate_flops_and_memory(jax_rows, mode):
     assert row["flops_per_step"] > 0 and row["flops_source"] == "xla_cost_analysis"
     assert row["tflops"] == pytest.approx(row["flops_per_step"] / (row["ms_median"] / 1e3) / 1e12)
     assert row["compile_s"] > 0 and row["cpu_s_per_step"] > 0
+    assert row["xla_temp_bytes"] >= 0 and row["xla_argument_bytes"] > 0, "XLA's memory analysis"
     assert row["peak_memory_bytes"] > 0 and row["memory_source"].startswith(("host_rss", "device."))
     assert row["depthwise_impl_resolved"] in ("xla", "shifted")
     assert len(row["load_avg_before"]) == 3 and row["host_cpu"]
@@ -181,3 +182,12 @@ def test_cli_data_parallel_run_writes_jsonl_and_markdown(tiny_config, tmp_path):
     assert all(r["flops_per_step"] > 0 and r["ms_median"] > 0 for r in rows)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| nafnet_jax")]
     assert len(table) == 2, proc.stdout
+
+
+def test_a_failed_row_fills_every_table_column():
+    """A PyTorch variant that fails (e.g. torch.compile without a compiler) is reported, not fatal."""
+    row = {"framework": "torch", "variant": "compile", "mode": "train", "dtype": "float32", "batch": 1,
+           "height": 16, "width": 16, "error": "BackendCompilerFailed: no C++ compiler"}
+    header, rule, line = bench.format_markdown([row]).splitlines()
+    assert line.count("|") == header.count("|") == rule.count("|")
+    assert "failed: BackendCompilerFailed" in line
