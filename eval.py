@@ -8,20 +8,24 @@
 
 PATH is a train.py workdir, its checkpoints dir, or the output of the weight
 converter. Writes DIR/metrics.json (mean PSNR/SSIM, count, settings) and
-DIR/per_image.csv, plus DIR/images/*.png with --save_images. The model is
+DIR/per_image.csv, plus DIR/images/*.png with --save_images; an earlier
+result in DIR is refused unless --overwrite. The model is
 `config.model` (which must hold the checkpoint's parameters; TLC follows its
 `tlc_train_size`), or the checkpoint's own if the config has none. Every
 process evaluates its share of the images; all local devices are used.
+
+Exit statuses: 0 done, 2 bad flags/config/paths/checkpoint (checked before any
+work), 1 any other failure (see nafnet_jax.cli).
 """
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log lines off the terminal
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags
+from absl import flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from nafnet_jax.cli import define_distributed_flags, initialize_distributed, quiet_library_logs  # noqa: E402
+from nafnet_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py): its model, data and eval.",
@@ -35,25 +39,51 @@ flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images with the same
 flags.DEFINE_integer("max_images", None, "Evaluate only the first N images.")
 flags.DEFINE_bool("save_images", False, "Also write the restored images (8-bit PNG).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-define_distributed_flags()
+flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier evaluation in --output_dir.")
+cli.define_distributed_flags()
+cli.define_debug_flag()
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
-def main(argv):
+def preflight_checks() -> None:
+    """Everything about the inputs and the output folder, checked before any work."""
+    from nafnet_jax import checkpointing, evaluate
+
+    config = FLAGS.config
+    evaluate.check_eval_config(config.eval if "eval" in config else evaluate.default_eval_config())
+    if FLAGS.lq_dir or FLAGS.gt_dir:
+        if not (FLAGS.lq_dir and FLAGS.gt_dir):
+            raise cli.UsageError("folder mode needs both --lq_dir and --gt_dir")
+        for flag, folder in (("--lq_dir", FLAGS.lq_dir), ("--gt_dir", FLAGS.gt_dir)):
+            if not os.path.isdir(folder):
+                raise cli.UsageError(f"{flag} {folder} is not a directory")
+        evaluate.folder_pairs(FLAGS.lq_dir, FLAGS.gt_dir)
+    if FLAGS.max_images is not None and FLAGS.max_images <= 0:
+        raise cli.UsageError(f"--max_images={FLAGS.max_images}: expected a positive number")
+    checkpointing.resolve_checkpoint_dir(FLAGS.checkpoint)
+    cli.check_output_dir(FLAGS.output_dir, "--output_dir")
+    evaluate.refuse_existing_outputs(FLAGS.output_dir, FLAGS.save_images, FLAGS.overwrite)
+
+
+def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_library_logs()
+    cli.quiet_tensorflow()
+    with cli.preflight():
+        preflight_checks()
     from nafnet_jax.evaluate import run_eval
 
-    quiet_library_logs()
-    initialize_distributed()
+    cli.initialize_distributed()
     result = run_eval(FLAGS.config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                       lq_dir=FLAGS.lq_dir, gt_dir=FLAGS.gt_dir, save_images=FLAGS.save_images,
-                      max_images=FLAGS.max_images, progress=FLAGS.progress)
+                      max_images=FLAGS.max_images, progress=FLAGS.progress, overwrite=FLAGS.overwrite)
     logging.info("%d images: PSNR %.4f dB, SSIM %.4f (%s SSIM, %s protocol) -> %s", result["count"],
                  result["psnr"], result["ssim"], result["eval"]["ssim"], result["eval"]["protocol"],
                  os.path.abspath(FLAGS.output_dir))
     print(f"PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.4f}  ({result['count']} images)")
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl_app(main)

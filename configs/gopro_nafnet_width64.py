@@ -11,6 +11,9 @@ def get_config():
         activation="simple_gate", attention="sca", dw_expand=2, ffn_expand=2,
         tlc_train_size=(256, 256))
     config.data.dataset = "gopro"
+    # The original trains on 512x512 patches cut once by scripts/data_preparation/gopro.py
+    # (gopro/patches512); "frames" trains on whole frames instead.
+    config.data.builder_config = "patches512"
     config.data.crop_size = 256
     config.data.use_flip = True
     config.data.use_rot = True

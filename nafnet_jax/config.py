@@ -76,10 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
         "nonfinite": "stop",        # 'stop' or 'skip' a step whose loss/gradient is not finite
         "ema_decay": 0.0,           # the original keeps no EMA; > 0 keeps one
         "progress_bar": True,       # tqdm on a terminal, log lines otherwise
+        "stop_sync_every": 50,      # several processes: compare stop-signal flags every N steps (and at
+                                    # log/checkpoint/eval steps), never a host collective every step
+        "compilation_cache_dir": "",    # persistent compile cache: '' = <workdir>/compile_cache; 'none': off
+        "compilation_cache_min_compile_secs": 1.0,  # only compilations slower than this are cached
     })
     config.mesh = ml_collections.ConfigDict({
         "num_devices": 0,   # 0: all visible devices
         "fsdp": 1,          # >1 shards params/optimiser state over this many devices
+        "min_fsdp_size": 2 ** 14,   # arrays with fewer elements stay replicated under fsdp
+        "dcn_data": 1,      # >1: the data axis spans this many TPU slices (processes on GPU)
     })
     return config
 
@@ -124,6 +130,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "an int >= 0 (0: never)")
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "in [0, 1)")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
+    _check(isinstance(t.stop_sync_every, int) and t.stop_sync_every > 0, "train.stop_sync_every",
+           t.stop_sync_every, "a positive int")
+    _check(isinstance(t.compilation_cache_dir, str), "train.compilation_cache_dir", t.compilation_cache_dir,
+           "a directory, '' (<workdir>/compile_cache) or 'none'")
+    _check(t.compilation_cache_min_compile_secs >= 0, "train.compilation_cache_min_compile_secs",
+           t.compilation_cache_min_compile_secs, ">= 0")
     _check(config.mesh.fsdp >= 1, "mesh.fsdp", config.mesh.fsdp, ">= 1")
+    _check(isinstance(config.mesh.min_fsdp_size, int) and config.mesh.min_fsdp_size >= 1,
+           "mesh.min_fsdp_size", config.mesh.min_fsdp_size, "a positive int")
+    _check(isinstance(config.mesh.dcn_data, int) and config.mesh.dcn_data >= 1, "mesh.dcn_data",
+           config.mesh.dcn_data, "a positive int (slices the data axis spans)")
     _check(config.data.crop_size > 0, "data.crop_size", config.data.crop_size, "> 0")
 

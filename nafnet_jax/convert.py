@@ -163,12 +163,28 @@ def flax_path_to_torch_key(path: str) -> Optional[Tuple[str, Layout]]:
 
 
 class StateDictMismatchError(ValueError):
-    """A checkpoint does not fit the model; the message lists every offending key."""
+    """A checkpoint does not fit the model; the message lists every offending key.
+
+    `summary()` is the one-line form the command line prints (a count and the first few).
+    """
+
+    def __init__(self, what: str, problems: Sequence[str]):
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{what}: {len(problems)} problem(s):\n{lines}")
+        self.what, self.problems = what, list(problems)
+
+    def summary(self, limit: int = 3) -> str:
+        shown = "; ".join(self.problems[:limit])
+        more = f"; and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
+        return f"{self.what}: {len(self.problems)} problem(s): {shown}{more}"
+
+
+class CheckpointFileError(ValueError):
+    """A file that is not a readable PyTorch/safetensors checkpoint (the message names it)."""
 
 
 def _problem_report(what: str, problems: Sequence[str]) -> StateDictMismatchError:
-    lines = "\n".join(f"  - {p}" for p in problems)
-    return StateDictMismatchError(f"{what}: {len(problems)} problem(s):\n{lines}")
+    return StateDictMismatchError(what, problems)
 
 
 def resolve_model(model: ModelSpec) -> UNet:
@@ -321,7 +337,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], param_key: Optional[str] = 
     else:
         inner = checkpoint
     if not isinstance(inner, Mapping):
-        raise TypeError(f"{source}: expected a state dict (mapping), got {type(inner).__name__}")
+        raise CheckpointFileError(f"{source}: expected a state dict (mapping), got {type(inner).__name__}")
     return {(k[len(_MODULE_PREFIX):] if k.startswith(_MODULE_PREFIX) else k): v
             for k, v in inner.items()}
 
@@ -343,28 +359,47 @@ def load_torch_checkpoint(path: str, param_key: Optional[str] = None) -> StateDi
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        checkpoint = load_file(path)
-    else:
-        import torch
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, Mapping):
-            raise TypeError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f"{path}: empty file (0 bytes)")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+            checkpoint = load_file(path)
+        else:
+            import torch
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/pickle/zip/safetensors raise many types for a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointFileError(f"{path}: not a readable checkpoint (truncated or another format?): "
+                                  f"{type(e).__name__}: {first}") from e
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointFileError(f"{path}: expected a dict checkpoint (a state dict or "
+                                  f"{{'params': state_dict}}), got a {type(checkpoint).__name__}")
     state_dict = unwrap_state_dict(checkpoint, param_key, source=path)
     return {k: np.asarray(_tensor_to_numpy(v)) if not isinstance(v, np.ndarray) else v
             for k, v in state_dict.items()}
 
 
 def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path: str) -> None:
-    """Writes `{'params': state_dict}` as the original saves it (.pth), or a flat .safetensors."""
+    """Writes `{'params': state_dict}` as the original saves it (.pth), or a flat .safetensors.
+
+    The file is written beside `path` and renamed over it when complete.
+    """
     arrays = {k: np.array(v, order="C", copy=True) for k, v in state_dict.items()}
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-        save_file(arrays, path)
-        return
-    import torch
-    torch.save({"params": {k: torch.from_numpy(v) for k, v in arrays.items()}}, path)
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(directory, f".{stem}.partial-{os.getpid()}{ext}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import save_file
+            save_file(arrays, tmp)
+        else:
+            import torch
+            torch.save({"params": {k: torch.from_numpy(v) for k, v in arrays.items()}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def convert_checkpoint(path: str, model: ModelSpec, param_key: Optional[str] = None
@@ -390,10 +425,13 @@ def _parse_override(text: str) -> Tuple[str, Any]:
 
 def _refuse_existing(path: str, overwrite: bool) -> None:
     """Stops before any work if the output exists (a non-empty directory) and not --overwrite."""
+    from nafnet_jax.cli import UsageError
     occupied = os.path.isfile(path) or (os.path.isdir(path) and bool(os.listdir(path)))
     if occupied and not overwrite:
-        raise SystemExit(f"error: output {path!r} already exists and is not empty; "
-                         "pass --overwrite to replace it")
+        raise UsageError(f"output {path!r} already exists and is not empty; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"output {path!r}: folder {parent} does not exist")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -414,31 +452,54 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="checkpoint entry to read (default: 'params', else 'params_ema', "
                         "else the file is the state dict)")
     p.add_argument("--to-torch", action="store_true", help="convert a Flax checkpoint to PyTorch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (the new one is written beside it, then swapped in)")
+    p.add_argument("--debug", action="store_true", help="print tracebacks with errors (also: NAFNET_DEBUG=1)")
     return p
 
 
+PROG = "python -m nafnet_jax.convert"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The converter's command line. Exit statuses: 0 done, 2 bad input (one line naming it), 1 other."""
     args = _build_parser().parse_args(argv)
-    from nafnet_jax import checkpointing  # imported late: it pulls in orbax
+    from nafnet_jax import cli
+    return cli.run_main(lambda: _convert(args), PROG, sys.argv if argv is None else argv)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from nafnet_jax import checkpointing, cli  # imported late: it pulls in orbax
+
+    def warn(message: str) -> None:
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
 
     overrides = dict(args.overrides)
-    _refuse_existing(args.output, args.overwrite)
     if args.to_torch:
-        params, model_config = checkpointing.load_model_checkpoint(args.input)
-        if args.model:
-            model_config = {"name": args.model}
-        model_config = {**dict(model_config), **overrides}
-        state_dict = flax_to_torch(params, build_model(model_config))
+        with cli.preflight():  # reading and checking the inputs; nothing is written yet
+            _refuse_existing(args.output, args.overwrite)
+            params, model_config = checkpointing.load_model_checkpoint(args.input, report=warn)
+            if args.model:
+                model_config = {"name": args.model}
+            model_config = {**dict(model_config), **overrides}
+            try:
+                state_dict = flax_to_torch(params, build_model(model_config))
+            except StateDictMismatchError as e:
+                raise cli.UsageError(e.summary()) from e
         save_torch_checkpoint(state_dict, args.output)
         print(f"wrote {len(state_dict)} tensors for model {model_config} to {args.output}")
         return 0
 
-    if not args.model:
-        raise SystemExit("error: --model NAME is required (one of nafnet_jax.models.PUBLISHED)")
-    model_config = {"name": args.model, **overrides}
-    model = build_model(model_config)  # validates the name and overrides before reading weights
-    variables = convert_checkpoint(args.input, model, args.param_key)
+    with cli.preflight():
+        if not args.model:
+            raise cli.UsageError("--model NAME is required (one of nafnet_jax.models.PUBLISHED)")
+        _refuse_existing(args.output, args.overwrite)
+        model_config = {"name": args.model, **overrides}
+        model = build_model(model_config)  # validates the name and overrides before reading weights
+        try:
+            variables = convert_checkpoint(args.input, model, args.param_key)
+        except StateDictMismatchError as e:
+            raise cli.UsageError(e.summary()) from e
     checkpointing.save_model_checkpoint(args.output, variables["params"], model_config, step=0,
                                         overwrite=args.overwrite)
     count = sum(v.size for v in jax.tree.leaves(variables))

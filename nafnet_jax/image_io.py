@@ -8,7 +8,9 @@ Reading:
     through Pillow, with the EXIF orientation applied.
 Writing: PNG only, 8 or 16 bits, 1 to 4 channels (`tf.io.encode_png`), to a
 temporary file in the destination folder that is then renamed over the
-destination, so a crash never leaves a half-written image.
+destination, so a crash never leaves a half-written image. Written files get
+the permissions the umask gives a new file (as `open()` would), not the
+temporary file's private 0600.
 
 TensorFlow is imported on first use with its GPUs hidden (it must not take the
 accelerator memory JAX uses).
@@ -165,6 +167,8 @@ def read_image(path: PathLike) -> Picture:
         data = path.read_bytes()
     except OSError as e:
         raise ImageReadError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not data:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
         if data.startswith(PNG_SIGNATURE):
             pixels = _decode_png(data)
@@ -218,6 +222,7 @@ def write_atomic(path: PathLike, data: bytes, overwrite: bool = False) -> None:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 is for the temporary name only
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -236,6 +241,13 @@ def write_atomic(path: PathLike, data: bytes, overwrite: bool = False) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_png(path: PathLike, pixels: np.ndarray, overwrite: bool = False) -> None:

@@ -11,13 +11,15 @@ Modes (`Restorer`):
     distinct image shape.
   * bucketed (bucket=B): the image is padded at the bottom/right (see
     padding below) up to the next multiple of B, restored, and cropped back, so
-    all sizes within a bucket share one compilation. Trade-off: the padded
-    pixels take part in the model's pooling. With TLC (local average pools over
-    1.5x the training crop, 384 px for the GoPro models) only pixels within
-    about one pool window of the bottom/right border see slightly different
-    statistics; with a plain global-mean model
-    (no TLC) the channel attention mean changes a little for *every* pixel.
-    Use exact mode to reproduce the original's numbers (eval does by default).
+    all sizes within a bucket share one compilation. Not faithful near the
+    bottom/right borders: every convolution there sees padded content where
+    exact mode sees the model's zero padding, and the U-Net's receptive field
+    spreads that far beyond the 16-pixel alignment band; the padded pixels also
+    take part in the model's pooling (with a plain global-mean model, no TLC,
+    the channel attention mean changes a little for *every* pixel). Measured in
+    issue 10 (NAFNet-GoPro-width32, B=64): border rows/columns off by 8-15/255
+    on average, up to 46/255. Opt-in only; exact mode is the default of eval
+    and nafnet-restore.
   * tiled (tile=T): the image is cut into T x T tiles overlapping by at least
     `overlap` pixels, tiles go through the model `tile_batch` at a time, and
     are blended with a separable raised-cosine ramp over the overlaps (weight 1
@@ -30,8 +32,9 @@ Modes (`Restorer`):
     already stay within 0.05 dB of the whole-image result (tested); larger
     tiles and overlaps get closer.
   * padding, in every mode, is zeros up to the next multiple of `align` (what
-    the model itself would add, so pixels near the border see the same input
-    as in exact mode) and `pad_mode` content beyond that.
+    the model itself would add) and `pad_mode` content beyond that. This keeps
+    the input of that band as in exact mode; it does not make the outputs near
+    the border equal (see bucketed, and tiled for how overlaps absorb it).
   * ensemble=True: the x8 self-ensemble: the eight dihedral transforms of the
     image (rotations by 90 degrees, with and without a horizontal flip) are
     restored and mapped back, and the results averaged. Non-square images give

@@ -12,26 +12,86 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
+# Auto, not make_mesh's default Explicit: the PixelShuffle reshapes are not expressible under
+# Explicit sharding, and XLA's propagation handles this model's ops well.
+_AXIS_TYPES = (AxisType.Auto, AxisType.Auto)
 
 
 def create_mesh(num_devices: Optional[int] = None, fsdp: int = 1,
-                devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """A ('data', 'fsdp') mesh over the first `num_devices` devices (all by default).
+                devices: Optional[Sequence[jax.Device]] = None, dcn_data: int = 1) -> Mesh:
+    """A topology-aware ('data', 'fsdp') mesh over the first `num_devices` devices (all by default).
 
-    Axis types are Auto: the PixelShuffle reshapes are not expressible under
-    Explicit sharding, and XLA's propagation handles this model's ops well.
+    Args:
+      num_devices: how many of `devices` to use (None, 0 or -1: all).
+      fsdp: size of the `fsdp` axis (parameters and optimiser state split over it).
+      devices: the devices (default: all visible; for ahead-of-time compilation
+        a TPU topology's devices, which need not be attached).
+      dcn_data: how many slices (multi-slice TPU; processes where devices carry
+        no `slice_index`, e.g. multi-host GPU) the `data` axis spans. Only data
+        parallelism crosses the slow data-centre network; each slice holds a
+        whole (data / dcn_data, fsdp) sub-mesh on its fast interconnect.
+    Returns:
+      A mesh of shape (num_devices / fsdp, fsdp), built by `jax.make_mesh` (one
+      slice) or `mesh_utils.create_hybrid_device_mesh` (dcn_data > 1), so
+      neighbours on each axis are neighbours on the chips' interconnect.
+    Raises:
+      ValueError naming mesh.num_devices / mesh.fsdp / mesh.dcn_data when they
+      do not fit the devices.
     """
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices) if num_devices in (None, 0, -1) else int(num_devices)
-    if n > len(devices):
-        raise ValueError(f"num_devices={n} but only {len(devices)} devices are visible")
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"mesh.num_devices={num_devices} but {len(devices)} devices are visible")
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"mesh.fsdp={fsdp} must be >= 1 and divide the device count {n}")
-    grid = np.asarray(devices[:n]).reshape(n // fsdp, fsdp)
-    return Mesh(grid, DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+    data = n // fsdp
+    if dcn_data < 1 or data % dcn_data:
+        raise ValueError(f"mesh.dcn_data={dcn_data} must be >= 1 and divide the data axis "
+                         f"({n} devices / mesh.fsdp={fsdp} = {data})")
+    devices = devices[:n]
+    slices = {getattr(d, "slice_index", 0) for d in devices}
+    if dcn_data == 1 and len(slices) > 1:
+        raise ValueError(f"the {n} devices span {len(slices)} slices: set mesh.dcn_data={len(slices)} "
+                         f"(data parallelism across slices)")
+    if dcn_data == 1:
+        return jax.make_mesh((data, fsdp), DATA_AXES, axis_types=_AXIS_TYPES, devices=devices)
+    return Mesh(hybrid_device_grid(devices, data // dcn_data, fsdp, dcn_data), DATA_AXES,
+                axis_types=_AXIS_TYPES)
+
+
+def hybrid_device_grid(devices: Sequence[Any], data_per_slice: int, fsdp: int, dcn_data: int) -> np.ndarray:
+    """The (dcn_data * data_per_slice, fsdp) device grid of a multi-slice mesh.
+
+    Slices are told apart by `device.slice_index` (TPU), or by process where
+    devices have none. Rows [i * data_per_slice, (i+1) * data_per_slice) are
+    slice i's devices, laid out by its ICI topology.
+    """
+    by_process = not hasattr(devices[0], "slice_index")
+    granules = {getattr(d, "process_index" if by_process else "slice_index") for d in devices}
+    if len(granules) != dcn_data:
+        what = "processes" if by_process else "slices"
+        raise ValueError(f"mesh.dcn_data={dcn_data} must equal the number of {what} the devices "
+                         f"span, {len(granules)}")
+    return mesh_utils.create_hybrid_device_mesh((data_per_slice, fsdp), (dcn_data, 1), devices,
+                                                process_is_granule=by_process)
+
+
+def devices_platform(devices: Sequence[jax.Device]) -> str:
+    """The platform ('cpu', 'gpu', 'tpu') of the devices a computation is compiled for."""
+    platforms = {d.platform for d in devices}
+    if len(platforms) != 1:
+        raise ValueError(f"a computation's devices must be of one platform, got {sorted(platforms)}")
+    platform = platforms.pop()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def mesh_platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices: what device-specific choices (`UNet.platform`) follow."""
+    return devices_platform(list(mesh.devices.flat))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

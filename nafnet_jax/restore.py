@@ -10,7 +10,18 @@ unchanged. `--compare` also writes `<stem>_compare.png`: input | output side by
 side. Existing outputs are never replaced without `--overwrite`; files are
 written to a temporary name and renamed. A file that cannot be read or
 restored is reported by name and the rest are still processed; the exit code
-is 1 if any failed (2 for a usage or model error).
+is 1 if any failed (2 for a usage or model error, before any image is written).
+
+By default each image goes through the model at its own size (`--bucket 0`,
+the original's numerics; one compilation per distinct size). `--bucket B`
+pads sizes up to multiples of B so that sizes share compilations, at a cost
+in accuracy near the bottom/right borders: the U-Net's receptive field
+reaches far past the padding, so border pixels see different content than in
+exact mode. Measured in issue 10 with NAFNet-GoPro-width32 at `--bucket 64`:
+the last column of a 1000x998 image off by 7.7/255 on average (36/255 at
+most), the last row of a 4000x3000 photo by 15/255 (46/255 at most).
+`--tile 512` stayed within 1/255 of exact mode there. A damaged newest
+checkpoint is reported and the newest intact one is used instead.
 """
 
 from __future__ import annotations
@@ -24,12 +35,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-ARCHITECTURE_FIELDS = ("block", "width", "enc_blk_nums", "middle_blk_num", "dec_blk_nums", "img_channel",
-                       "tlc_train_size")
+from nafnet_jax import cli
+from nafnet_jax.cli import UsageError
 
-
-class UsageError(Exception):
-    """A problem with the command line or the model (exit code 2)."""
+PROG = "nafnet-restore"
+# A published name must agree with the checkpoint in the parameter-shaping fields
+# (nafnet_jax.checkpointing.PARAMETER_FIELDS) and in TLC, which changes the outputs, not the parameters.
+EXTRA_MODEL_FIELDS = ("tlc_train_size",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None, help="tile size for tiled inference (default: whole image)")
     p.add_argument("--overlap", type=int, default=32, help="minimum overlap between tiles (pixels)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per model call")
-    p.add_argument("--bucket", type=int, default=64,
-                   help="pad sizes up to multiples of this so several sizes share one compilation; "
-                        "0 = exact sizes (the original's numerics)")
+    p.add_argument("--bucket", type=int, default=0,
+                   help="0 (default): exact sizes, the original's numerics. B > 0: pad sizes up to "
+                        "multiples of B so sizes share one compilation; faster for many sizes but "
+                        "changes pixels near the bottom/right borders (measured: up to 36-46/255 at "
+                        "B=64 on the GoPro model; see above)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (8 times slower)")
     p.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (input | output)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--debug", action="store_true", help=f"print tracebacks with errors (also: {cli.DEBUG_ENV}=1)")
     return p
 
 
@@ -60,33 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def architecture_mismatch(name: str, model_config: Mapping[str, Any]) -> List[str]:
     """Differences between a published model's architecture and a checkpoint's (empty if they agree)."""
+    from nafnet_jax.checkpointing import PARAMETER_FIELDS
     from nafnet_jax.models import PUBLISHED, build_model, get_model
     if name not in PUBLISHED:
         raise UsageError(f"--model {name!r} is not a published model; known: {', '.join(sorted(PUBLISHED))}")
     wanted, saved = get_model(name), build_model(model_config)
     return [f"{field}: --model has {getattr(wanted, field)!r}, checkpoint has {getattr(saved, field)!r}"
-            for field in ARCHITECTURE_FIELDS if getattr(wanted, field) != getattr(saved, field)]
+            for field in PARAMETER_FIELDS + EXTRA_MODEL_FIELDS if getattr(wanted, field) != getattr(saved, field)]
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def load_restorer(args: argparse.Namespace) -> Any:
     """Loads the checkpoint and builds the `Restorer` the command line asks for."""
-    from nafnet_jax import checkpointing, inference
+    import jax
+
+    from nafnet_jax import checkpointing, inference, partitioning
     from nafnet_jax.models import build_model
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # Orbax's read-only notices are not news to a CLI user
     try:
-        params, model_config = checkpointing.load_model_checkpoint(args.checkpoint)
+        params, model_config = checkpointing.load_model_checkpoint(args.checkpoint, report=_warn)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        raise UsageError(f"cannot load checkpoint {args.checkpoint}: {e}") from e
+        raise UsageError(f"cannot load checkpoint {args.checkpoint}: {cli.error_message(e)}") from e
     finally:
         absl_logger.setLevel(level)
     if args.model:
         differences = architecture_mismatch(args.model, model_config)
         if differences:
-            raise UsageError(f"--model {args.model} does not match checkpoint {args.checkpoint}:\n  "
-                             + "\n  ".join(differences))
-    model = build_model(model_config)
+            raise UsageError(f"--model {args.model} does not match checkpoint {args.checkpoint}: "
+                             + checkpointing.summarize_differences(differences))
+    # Inference runs on this process's first device: the model is specialised for its platform.
+    model = build_model(model_config, platform=partitioning.devices_platform(jax.local_devices()[:1]))
     if model.img_channel != 3:
         raise UsageError(f"the checkpoint's model takes {model.img_channel} channels; this tool feeds RGB")
     try:
@@ -148,24 +171,29 @@ def restore_file(restorer: Any, src: Path, dst: Path, compare: Optional[Path], o
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The nafnet-restore command (exit statuses: see the module docstring and nafnet_jax.cli)."""
     args = build_parser().parse_args(argv)
+    cli.quiet_tensorflow()  # before image_io imports TensorFlow
+    return cli.run_main(lambda: _restore_all(args), PROG, sys.argv if argv is None else argv)
+
+
+def _restore_all(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"nafnet-restore: error: --output {out_dir} is not a folder", file=sys.stderr)
-        return 2
+    if args.bucket < 0:
+        raise UsageError(f"--bucket {args.bucket}: expected 0 (exact sizes) or a positive size")
+    cli.check_output_dir(str(out_dir), "--output")  # creates nothing: a usage error leaves no trace
     files, failures = collect_inputs(args.inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     jobs, skipped = plan_outputs(files, out_dir, args.compare, args.overwrite)
     failures += skipped
     for name, reason in failures:
         print(f"FAILED {name}: {reason}", file=sys.stderr)
     done = 0
     if jobs:
+        restorer = load_restorer(args)
         try:
-            restorer = load_restorer(args)
-        except UsageError as e:
-            print(f"nafnet-restore: error: {e}", file=sys.stderr)
-            return 2
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--output {out_dir}: cannot create the folder ({e.strerror or e})") from e
         for src, dst, cmp in jobs:
             start = time.perf_counter()
             try:
@@ -179,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             h, w = info["shape"]
             print(f"{src} -> {dst} ({w}x{h}, {info['bit_depth']}-bit, {time.perf_counter() - start:.2f} s)")
     print(f"restored {done} image(s), {len(failures)} failed", file=sys.stderr if failures else sys.stdout)
-    return 1 if failures else 0
+    return cli.EXIT_FAILURE if failures else cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,9 +9,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
-
-from nafnet_jax import partitioning
 
 Array = jax.Array
 
@@ -48,32 +45,3 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Ar
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         rng=jax.random.key_data(state_rng), ema_params=params if use_ema else None,
         nonfinite_count=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.zeros((), jnp.int32))
-
-
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, mesh: Mesh,
-                       sample_shape: Tuple[int, ...], use_ema: bool = False,
-                       ) -> Tuple[TrainState, Any]:
-    """Abstract init -> shardings -> jitted init with those out_shardings.
-
-    Parameters never exist unsharded, and the same abstract state and shardings
-    are the Orbax restore target, so a checkpoint restores onto any mesh.
-    Returns (state, state_shardings).
-    """
-    def init(rng):
-        return init_train_state(model, tx, rng, sample_shape, use_ema)
-
-    rng = jax.random.key(seed)
-    abstract = jax.eval_shape(init, rng)
-    shardings = partitioning.state_shardings(abstract, mesh)
-    state = jax.jit(init, out_shardings=shardings)(rng)
-    return state, shardings
-
-
-def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                         sample_shape: Tuple[int, ...], use_ema: bool = False) -> Tuple[Any, Any]:
-    """ShapeDtypeStructs (with shardings) of the state, for restoring without initialising."""
-    abstract = jax.eval_shape(lambda r: init_train_state(model, tx, r, sample_shape, use_ema),
-                              jax.random.key(0))
-    shardings = partitioning.state_shardings(abstract, mesh)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings), shardings

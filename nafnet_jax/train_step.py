@@ -28,37 +28,39 @@ StepFn = Callable[[TrainState, Batch], Tuple[TrainState, Dict[str, Array]]]
 NONFINITE_POLICIES = ("stop", "skip")
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    grad_accum_steps: int = 1, nonfinite: str = "stop",
-                    ema_decay: float = 0.0) -> StepFn:
-    """Builds `train_step(state, batch) -> (state, metrics)`.
+GradFn = Callable[[Any, Batch], Tuple[Tuple[Array, Array], Any]]
+
+
+def make_grad_fn(model: nn.Module, loss_fn: LossFn, grad_accum_steps: int = 1) -> GradFn:
+    """Builds `grad_fn(params, batch) -> ((loss, psnr), grads)`, the step's gradient computation.
+
+    With `grad_accum_steps` K > 1 the global batch is split into K micro-batches
+    whose loss, PSNR and gradients are averaged (a mean of K equal-size means is
+    the mean over the whole batch), so the result equals K = 1 on the same
+    batch up to float summation order, while only one micro-batch's
+    activations are alive at a time.
 
     Args:
       model: the restoration model (`apply({'params': p}, lq) -> restored`).
-      tx: the optimiser.
       loss_fn: (pred, gt) -> scalar, a mean over its batch.
-      grad_accum_steps: micro-batches per update; the global batch must divide.
-      nonfinite: 'stop' (freeze from the first non-finite step; the host stops)
-        or 'skip' (drop that update, go on).
-      ema_decay: decay of the EMA params (0: the state keeps none).
+      grad_accum_steps: micro-batches per update; the batch size must divide.
     Returns:
-      The pure step. `batch` is {'lq', 'gt'}: (B, H, W, C) float32 in [0, 1].
-      Metrics (scalars): loss, psnr (train PSNR of the batch, dB), grad_norm
-      (before clipping), applied (1/0), nonfinite_count.
+      The pure gradient function. `batch` is {'lq', 'gt'}: (B, H, W, C); loss
+      and psnr (train PSNR of the batch, dB) are scalars, grads has params' tree.
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"train.nonfinite={nonfinite!r}; choose one of {NONFINITE_POLICIES}")
+    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise ValueError(f"train.grad_accum_steps={grad_accum_steps!r}; expected a positive int")
 
     def loss_and_stats(params, lq, gt):
         pred = model.apply({"params": params}, lq)
         psnr = jnp.mean(-10.0 / math.log(10.0) * jnp.log(per_sample_mse(pred, gt) + 1e-8))
         return loss_fn(pred, gt), psnr
 
-    grad_fn = jax.value_and_grad(loss_and_stats, has_aux=True)
+    value_and_grad = jax.value_and_grad(loss_and_stats, has_aux=True)
 
-    def compute_grads(params, batch):
+    def grad_fn(params, batch):
         if grad_accum_steps == 1:
-            return grad_fn(params, batch["lq"], batch["gt"])
+            return value_and_grad(params, batch["lq"], batch["gt"])
 
         def split(x):
             # (B, ...) -> (accum, B/accum, ...) keeping each device's rows in every
@@ -72,7 +74,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
         micro = jax.tree.map(split, batch)
 
         def body(carry, mb):
-            (loss, psnr), grads = grad_fn(params, mb["lq"], mb["gt"])
+            (loss, psnr), grads = value_and_grad(params, mb["lq"], mb["gt"])
             acc_loss, acc_psnr, acc_grads = carry
             return (acc_loss + loss, acc_psnr + psnr, jax.tree.map(jnp.add, acc_grads, grads)), None
 
@@ -80,6 +82,32 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
         (loss, psnr, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), micro)
         inv = 1.0 / grad_accum_steps
         return (loss * inv, psnr * inv), jax.tree.map(lambda g: g * inv, grads)
+
+    return grad_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: LossFn,
+                    grad_accum_steps: int = 1, nonfinite: str = "stop",
+                    ema_decay: float = 0.0) -> StepFn:
+    """Builds `train_step(state, batch) -> (state, metrics)`.
+
+    Args:
+      model: the restoration model (`apply({'params': p}, lq) -> restored`).
+      tx: the optimiser.
+      loss_fn: (pred, gt) -> scalar, a mean over its batch.
+      grad_accum_steps: micro-batches per update; the global batch must divide
+        (see `make_grad_fn`).
+      nonfinite: 'stop' (freeze from the first non-finite step; the host stops)
+        or 'skip' (drop that update, go on).
+      ema_decay: decay of the EMA params (0: the state keeps none).
+    Returns:
+      The pure step. `batch` is {'lq', 'gt'}: (B, H, W, C) float32 in [0, 1].
+      Metrics (scalars): loss, psnr (train PSNR of the batch, dB), grad_norm
+      (before clipping), applied (1/0), nonfinite_count.
+    """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.nonfinite={nonfinite!r}; choose one of {NONFINITE_POLICIES}")
+    compute_grads = make_grad_fn(model, loss_fn, grad_accum_steps)
 
     def train_step(state: TrainState, batch: Batch):
         (loss, psnr), grads = compute_grads(state.params, batch)

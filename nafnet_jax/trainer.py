@@ -4,16 +4,32 @@
 the latest checkpoint in `<workdir>/checkpoints` automatically; the data stream
 restarts at the restored step (the pipeline is a pure function of seed and
 step), so a resumed run ends with the same parameters as an uninterrupted one.
+
+How a run ends:
+  * finished: the last step is checkpointed; `interrupted` is False.
+  * SIGTERM/SIGINT: the step in progress completes, is checkpointed, and the
+    loop returns with `interrupted=True` (train.py exits with
+    `cli.EXIT_PREEMPTED`). On several processes, stop flags are compared only
+    every `train.stop_sync_every` steps and at log/checkpoint/eval steps (never
+    a host collective every step; see `StopAgreement`).
+  * unreadable training data: `DataError`, naming the file, after saving the
+    last completed step (one process; see `_data_error_text`).
+  * any exception: a checkpoint save in flight still completes and the
+    manager, writer and data iterator are closed (`try/finally`).
+Compiled programs go to a persistent cache (`configure_compilation_cache`).
+Validation runs on the whole mesh (`nafnet_jax.validation`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -26,34 +42,42 @@ from jax.experimental import multihost_utils
 
 from nafnet_jax import checkpointing, partitioning
 from nafnet_jax.config import validate_config
-from nafnet_jax.losses import get_loss
-from nafnet_jax.models import build_model
-from nafnet_jax.optim import create_optimizer
-from nafnet_jax.train_state import TrainState, abstract_train_state, create_train_state
-from nafnet_jax.train_step import jit_train_step, make_train_step
+from nafnet_jax.train_setup import TrainSetup, build_train_setup
+from nafnet_jax.train_state import TrainState
+from nafnet_jax.validation import Validator, check_validation_config
+
+# Test hook: "STEP:SIGNAL[:PROCESS]" (e.g. "3:SIGTERM") makes the trainer send itself SIGNAL right
+# after completing STEP (on every process, or only on PROCESS), so tests preempt a run at an exact
+# step through the real signal path instead of racing it with a timer.
+SELF_SIGNAL_ENV = "NAFNET_TEST_SELF_SIGNAL"
 
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient stopped being finite (policy 'stop')."""
 
 
-class StopSignal:
-    """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+class DataError(RuntimeError):
+    """The training data could not be read mid-run; the message names the file and the saved step."""
 
-    def __init__(self):
+
+class StopSignal:
+    """Records stop signals (SIGTERM/SIGINT by default) so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = tuple(signals)
         self.received: Optional[int] = None
         self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         del frame
         if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C exits at once
+            raise KeyboardInterrupt  # a second Ctrl-C exits at once (the loop's cleanup still runs)
         self.received = signum
         logging.warning("received signal %d: saving a checkpoint and exiting", signum)
 
@@ -63,12 +87,103 @@ class StopSignal:
         return False
 
 
-def _stop_requested(stop: StopSignal) -> bool:
-    """Whether any process got a stop signal (all processes agree, so they stop together)."""
-    flag = stop.received is not None
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+def stop_check_due(step: int, sync_every: int, host_sync: bool = False) -> bool:
+    """Whether the processes compare their stop flags after `step` (the same answer on every process).
+
+    Every `sync_every` steps, and at steps where the hosts synchronise anyway
+    (`host_sync`: log, checkpoint, validation and the last step).
+    """
+    return host_sync or step % sync_every == 0
+
+
+class StopAgreement:
+    """Decides after each step, identically on every process, whether training stops there.
+
+    * One process: its own stop flag, every step; no collective.
+    * Several: the flags are all-gathered only when `stop_check_due` (never a
+      host collective every step), so a signal to any process stops all of them
+      at the same step, within `sync_every` steps.
+
+    Our own handler takes SIGTERM also where JAX's preemption service runs
+    (multi-process runs install its SIGTERM notifier): polling
+    `multihost_utils.reached_preemption_sync_point` every step blocked a
+    notified process inside the call while the others waited for it in the
+    step's collectives (a deadlock, seen with 2 CPU processes), so it is not used.
+
+    Args:
+      process_count: number of processes.
+      sync_every: steps between flag comparisons (`train.stop_sync_every`).
+      allgather: bool flag -> the flags of all processes (default: `process_allgather`).
+    """
+
+    def __init__(self, process_count: int, sync_every: int,
+                 allgather: Optional[Callable[[bool], np.ndarray]] = None):
+        if sync_every < 1:
+            raise ValueError(f"invalid config value train.stop_sync_every={sync_every}: expected >= 1")
+        self.process_count = process_count
+        self.sync_every = sync_every
+        self.allgather = allgather or (lambda flag: multihost_utils.process_allgather(np.asarray(flag)))
+
+    def __call__(self, step: int, local_flag: bool, host_sync: bool = False) -> bool:
+        if self.process_count == 1:
+            return local_flag
+        if not stop_check_due(step, self.sync_every, host_sync):
+            return False
+        return bool(np.any(self.allgather(local_flag)))
+
+
+def _self_signal_plan() -> Optional[Tuple[int, int]]:
+    """(step, signal) from `SELF_SIGNAL_ENV` for this process, or None."""
+    spec = os.environ.get(SELF_SIGNAL_ENV, "")
+    if not spec:
+        return None
+    parts = spec.split(":")
+    try:
+        step, sig = int(parts[0]), getattr(signal, parts[1])
+        process = int(parts[2]) if len(parts) > 2 else None
+    except (IndexError, ValueError, AttributeError):
+        raise ValueError(f"{SELF_SIGNAL_ENV}={spec!r}: expected STEP:SIGNAME[:PROCESS], "
+                         f"e.g. 3:SIGTERM") from None
+    if process is not None and process != jax.process_index():
+        return None
+    return step, sig
+
+
+def configure_compilation_cache(train_config: ml_collections.ConfigDict,
+                                workdir: epath.Path) -> Optional[str]:
+    """Points JAX's persistent compilation cache at `train.compilation_cache_dir`; returns the dir or None.
+
+    '' (default): `<workdir>/compile_cache`; 'none': this sets no cache (JAX's own
+    settings, e.g. JAX_COMPILATION_CACHE_DIR, still apply). A rerun or a resume
+    in the same workdir then loads the compiled programs (the train step above
+    all: minutes for the large models on a pod) instead of compiling again.
+    Only compilations slower than `train.compilation_cache_min_compile_secs`
+    are stored. JAX's cache keys include the cache's own path (XLA's autotune
+    cache lives inside it), so a workdir moved elsewhere compiles once more.
+    The setting is JAX's, process-wide: it stays after `train_and_evaluate` returns.
+    """
+    setting = train_config.compilation_cache_dir
+    if setting is not None and str(setting).lower() == "none":
+        return None
+    path = str(epath.Path(setting) if setting else workdir / "compile_cache")
+    from jax.experimental.compilation_cache import compilation_cache
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        compilation_cache.reset_cache()  # in case this process already compiled with another cache dir
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(train_config.compilation_cache_min_compile_secs))
+    return path
+
+
+def data_error_message(error: BaseException) -> str:
+    """The one useful line of a data-pipeline error (tf.data wraps the reader's error in a traceback dump)."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):  # the reader's own exception line, e.g. "...BadDataError: /x.png: ..."
+        head, sep, rest = line.partition(": ")
+        if sep and head.split(".")[-1].endswith(("Error", "Exception")) and " " not in head:
+            return rest
+    return lines[0] if lines else type(error).__name__
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -97,68 +212,6 @@ class Progress:
             self.bar.close()
 
 
-def _validation_images(lq, out, gt) -> np.ndarray:
-    """lq | output | gt side by side, uint8 (1, H, 3W, 3)."""
-    row = np.concatenate([np.clip(a, 0, 1) for a in (lq, out, gt)], axis=1)
-    return (row[None] * 255.0 + 0.5).astype(np.uint8)
-
-
-class Validator:
-    """Periodic full-resolution validation (with the model's TLC setting).
-
-    Keeps the eval dataset, the compiled shapes and the input's own scores
-    (`val/psnr_input`, computed once) across validations. Every process
-    evaluates its shard; sums are combined over processes.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, model):
-        from nafnet_jax.data import create_eval_dataset
-        from nafnet_jax.evaluate import make_restorer
-
-        self.config = config
-        self.dataset = create_eval_dataset(config.data, split=config.data.eval_split,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count())
-        self.align = 2 ** len(model.enc_blk_nums)
-        self.restorer = make_restorer(lambda p, x: model.apply({"params": p}, x), None, config.eval,
-                                      self.align)
-        self.input_scores: Optional[np.ndarray] = None
-
-    def _sum_over_processes(self, values: np.ndarray) -> np.ndarray:
-        if jax.process_count() == 1:
-            return values
-        return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
-
-    def __call__(self, params, step: int, writer) -> Dict[str, float]:
-        from nafnet_jax.evaluate import evaluate
-
-        # A full local copy of the (possibly FSDP-sharded) params for whole-image inference.
-        replicated = jax.jit(lambda p: p, out_shardings=partitioning.replicated(
-            jax.tree.leaves(params)[0].sharding.mesh))(params)
-        host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), replicated)
-        self.restorer.params = jax.device_put(host_params, jax.local_devices()[0])
-        result = evaluate(None, None, self.dataset, self.config.eval, restorer=self.restorer)
-        if self.input_scores is None:
-            identity = evaluate(lambda p, x: x, None, self.dataset, self.config.eval, align=self.align)
-            self.input_scores = np.array([identity["psnr"] * identity["count"]])
-        count = float(result["count"])
-        sums = self._sum_over_processes(np.array([result["psnr"] * count, result["ssim"] * count,
-                                                  self.input_scores[0], count]))
-        total = max(sums[3], 1.0)
-        scalars = {"val/psnr": sums[0] / total, "val/ssim": sums[1] / total,
-                   "val/psnr_input": sums[2] / total, "val/count": sums[3]}
-        writer.write_scalars(step, scalars)
-        images = []
-        for i, example in enumerate(self.dataset):
-            if i >= self.config.train.num_val_images:
-                break
-            out = self.restorer(np.asarray(example["lq"], np.float32))
-            images.append(_validation_images(example["lq"], out, example["gt"]))
-        if images:
-            writer.write_images(step, {f"val/sample_{i}": im for i, im in enumerate(images)})
-        return scalars
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     """Trains (or resumes) a model as the config says; returns the final metrics.
 
@@ -168,127 +221,158 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
     validate_config(config)
     workdir_path = epath.Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
     tc = config.train
     config_dict = config_to_dict(config)
-
-    mesh = partitioning.create_mesh(config.mesh.num_devices or None, config.mesh.fsdp)
-    n_dev = mesh.devices.size
-    if tc.batch_size % (n_dev * tc.grad_accum_steps) and tc.grad_accum_steps > 1:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by devices ({n_dev}) x "
-                         f"train.grad_accum_steps ({tc.grad_accum_steps})")
-    if tc.batch_size % n_dev:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {n_dev} devices")
-
-    model = build_model(config.model.to_dict())
-    tx = create_optimizer(config.optimizer, tc.total_steps)
-    crop = config.data.crop_size
-    sample_shape = (1, crop, crop, model.img_channel)
-    use_ema = tc.ema_decay > 0
+    if tc.eval_every:
+        check_validation_config(config.eval)
+    setup = build_train_setup(config)  # checks the batch against the devices: before the workdir is made
+    workdir_path.mkdir(parents=True, exist_ok=True)
     manager = checkpointing.create_manager(workdir_path / checkpointing.CHECKPOINT_SUBDIR,
                                            keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-    latest = manager.latest_step()
-    if latest is None:
-        state, state_shardings = create_train_state(model, tx, config.seed, mesh, sample_shape, use_ema)
+    # Resume from the newest intact checkpoint (damaged newer ones are reported and set aside, never
+    # deleted); only the parameter-shaping model fields must match, so remat/dtype/... may change.
+    resumed = checkpointing.restore_for_resume(manager, setup.abstract_state, config_dict["model"])
+    # Once the checkpoint proved compatible (a refused rerun writes nothing), before the init and
+    # train-step compilations.
+    configure_compilation_cache(tc, workdir_path)
+    if resumed is None:
+        state = setup.init_state()
     else:
-        saved = manager.restore(latest, args=ocp.args.Composite(**{
-            checkpointing.CONFIG: ocp.args.JsonRestore()}))[checkpointing.CONFIG]
-        diffs = checkpointing.config_differences(saved.get("model", {}), config_dict["model"], "model.")
-        if diffs:
-            raise ValueError(f"{workdir}: the checkpoint's model config differs from this config: "
-                             + "; ".join(diffs))
-        abstract, state_shardings = abstract_train_state(model, tx, mesh, sample_shape, use_ema)
-        state = manager.restore(latest, args=ocp.args.Composite(**{
-            checkpointing.STATE: ocp.args.PyTreeRestore(
-                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))}
-        ))[checkpointing.STATE]
+        latest, state = resumed
         logging.info("resumed from %s at step %d", manager.directory, latest)
-    if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-
-    batch_sharding = partitioning.batch_sharding(mesh)
-    step_fn = make_train_step(model, tx, get_loss(tc.loss), tc.grad_accum_steps, tc.nonfinite,
-                              tc.ema_decay)
-    p_train_step = jit_train_step(step_fn, state_shardings, batch_sharding)
+    if jax.process_index() == 0:  # only now that the config proved usable, and all at once
+        checkpointing.write_text_atomic(workdir_path / "config.json",
+                                        json.dumps(config_dict, indent=2, sort_keys=True))
 
     start_step = int(jax.device_get(state.step))
-    data_iter: Iterator = create_train_iterator(
-        config.data, global_batch_size=tc.batch_size, seed=config.seed, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count())
+    with contextlib.ExitStack() as cleanup:
+        # However the loop ends (finished, a signal, bad data, a bug), a checkpoint save still in
+        # flight completes before the manager closes (callbacks run last-in, first-out).
+        cleanup.callback(manager.close)
+        cleanup.callback(manager.wait_until_finished)
+        data_iter: Iterator = create_train_iterator(
+            config.data, global_batch_size=tc.batch_size, seed=config.seed, start_step=start_step,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        if hasattr(data_iter, "close"):
+            cleanup.callback(data_iter.close)
+        writer = metric_writers.create_default_writer(str(workdir_path),
+                                                      just_logging=jax.process_index() > 0)
+        cleanup.callback(writer.close)
+        if start_step == 0:
+            writer.write_hparams({k: v for k, v in _flatten(config_dict).items()
+                                  if isinstance(v, (int, float, str, bool))})
+        progress = Progress(tc.total_steps, start_step, tc.progress_bar)
+        cleanup.callback(progress.close)
+        # From here on (the compile included), SIGTERM/SIGINT ask for a checkpoint and a clean stop.
+        stop = cleanup.enter_context(StopSignal())
+        return _train_loop(config, config_dict, setup, state, data_iter, manager, writer, progress, stop)
 
-    writer = metric_writers.create_default_writer(str(workdir_path), just_logging=jax.process_index() > 0)
-    if start_step == 0:
-        writer.write_hparams({k: v for k, v in _flatten(config_dict).items()
-                              if isinstance(v, (int, float, str, bool))})
+
+def _train_loop(config: ml_collections.ConfigDict, config_dict: Dict[str, Any], setup: TrainSetup,
+                state: TrainState, data_iter: Iterator, manager: ocp.CheckpointManager, writer: Any,
+                progress: Progress, stop: StopSignal) -> Dict[str, Any]:
+    """Steps from the state's step to `train.total_steps`: logs, validates, checkpoints, stops on signals."""
+    tc = config.train
+    start_step = step = int(jax.device_get(state.step))
+
+    def save(at_step: int, metrics: Optional[Dict[str, float]] = None) -> None:
+        _check_nonfinite(state, tc.nonfinite)  # never save a state past a non-finite step
+        manager.save(at_step, args=ocp.args.Composite(**{
+            checkpointing.STATE: ocp.args.PyTreeSave(state),
+            checkpointing.CONFIG: ocp.args.JsonSave(config_dict)}), metrics=metrics, force=True)
+
+    def next_batch(completed: int) -> Any:
+        """The next global batch; if the data cannot be read, saves step `completed` and raises DataError."""
+        try:
+            local = next(data_iter)
+        except Exception as e:  # tf.data wraps the reader's error (naming the file) in its own types
+            raise DataError(_data_error_text(e, completed, start_step, manager, save)) from e
+        return partitioning.host_to_global(local, setup.batch_sharding)
 
     # Compile ahead of time so the compile cost is logged apart from step time.
-    first_batch = partitioning.host_to_global(next(data_iter), batch_sharding)
+    batch = next_batch(step)
     t0 = time.perf_counter()
-    compiled = p_train_step.lower(state, first_batch).compile()
+    compiled = setup.train_step.lower(state, batch).compile()
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
     flops = _cost_flops(compiled)
 
-    validator = Validator(config, model) if tc.eval_every else None
-    progress = Progress(tc.total_steps, start_step, tc.progress_bar)
+    validator = Validator(config, setup) if tc.eval_every else None
+    agreement = StopAgreement(jax.process_count(), tc.stop_sync_every)
+    self_signal = _self_signal_plan()
     last_metrics: Dict[str, Any] = {}
     val_scalars: Dict[str, float] = {}
     pending = []
     t_last, step_last = time.perf_counter(), start_step
-    step = start_step
-    batch = first_batch
-    with StopSignal() as stop:
-        while step < tc.total_steps:
-            state, metrics = compiled(state, batch)
-            step += 1
-            pending.append(metrics)
-            is_last = step == tc.total_steps
-            if step < tc.total_steps:
-                batch = partitioning.host_to_global(next(data_iter), batch_sharding)
+    stopping = False
+    while step < tc.total_steps:
+        state, metrics = compiled(state, batch)
+        step += 1
+        pending.append(metrics)  # device arrays: fetched to the host only at log steps
+        is_last = step == tc.total_steps
+        if not is_last:  # read the next batch while the device works on this step
+            batch = next_batch(step)
 
-            if step % tc.log_every == 0 or is_last:
-                fetched = jax.device_get(pending)
-                pending = []
-                _check_nonfinite(state, tc.nonfinite)
-                now = time.perf_counter()
-                steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                scalars = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "psnr", "grad_norm")}
-                scalars.update({
-                    "lr": float(tx_lr(config, step)),
-                    "steps_per_s": steps_per_s,
-                    "examples_per_s": steps_per_s * tc.batch_size,
-                    "nonfinite_count": float(fetched[-1]["nonfinite_count"]),
-                })
-                if flops:
-                    scalars["tflops_per_s"] = flops * steps_per_s / 1e12
-                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-                progress.update(step, {"loss": scalars["loss"], "psnr": scalars["psnr"],
-                                       "steps/s": steps_per_s})
-                last_metrics = scalars
+        is_log = step % tc.log_every == 0 or is_last
+        if is_log:
+            fetched = jax.device_get(pending)
+            pending = []
+            _check_nonfinite(state, tc.nonfinite)
+            now = time.perf_counter()
+            steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
+            t_last, step_last = now, step
+            scalars = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "psnr", "grad_norm")}
+            scalars.update({
+                "lr": float(tx_lr(config, step)),
+                "steps_per_s": steps_per_s,
+                "examples_per_s": steps_per_s * tc.batch_size,
+                "nonfinite_count": float(fetched[-1]["nonfinite_count"]),
+            })
+            if flops:
+                scalars["tflops_per_s"] = flops * steps_per_s / 1e12
+            writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+            progress.update(step, {"loss": scalars["loss"], "psnr": scalars["psnr"],
+                                   "steps/s": steps_per_s})
+            last_metrics = scalars
 
-            do_eval = tc.eval_every and (step % tc.eval_every == 0 or step in tc.eval_at_steps or is_last)
-            metrics_for_ckpt = None
-            if do_eval:
-                _check_nonfinite(state, tc.nonfinite)
-                val_scalars = validator(state.params, step, writer)
-                metrics_for_ckpt = {checkpointing.BEST_METRIC: val_scalars["val/psnr"]}
-                progress.update(step, {k.split("/")[1]: v for k, v in val_scalars.items()})
-            stopping = _stop_requested(stop)
-            if step % tc.checkpoint_every == 0 or is_last or do_eval or stopping:
-                _check_nonfinite(state, tc.nonfinite)
-                manager.save(step, args=ocp.args.Composite(**{
-                    checkpointing.STATE: ocp.args.PyTreeSave(state),
-                    checkpointing.CONFIG: ocp.args.JsonSave(config_dict)}), metrics=metrics_for_ckpt,
-                    force=True)
-            if stopping:
-                logging.warning("stopped by signal at step %d; checkpoint saved", step)
-                break
-    manager.wait_until_finished()
-    manager.close()
-    progress.close()
-    writer.flush()
+        do_eval = bool(tc.eval_every) and (step % tc.eval_every == 0 or step in tc.eval_at_steps
+                                           or is_last)
+        metrics_for_ckpt = None
+        if do_eval:
+            _check_nonfinite(state, tc.nonfinite)
+            val_scalars = validator(state.params, step, writer)
+            metrics_for_ckpt = {checkpointing.BEST_METRIC: val_scalars["val/psnr"]}
+            progress.update(step, {k.split("/")[1]: v for k, v in val_scalars.items()})
+        if self_signal is not None and step == self_signal[0]:
+            os.kill(os.getpid(), self_signal[1])  # test hook: the real handler runs right here
+        is_checkpoint = step % tc.checkpoint_every == 0 or is_last or do_eval
+        stopping = agreement(step, stop.received is not None, host_sync=is_log or is_checkpoint)
+        if is_checkpoint or stopping:
+            save(step, metrics_for_ckpt)
+        if stopping:
+            logging.warning("stopped by a signal at step %d; checkpoint saved", step)
+            break
     return {"step": step, "train": last_metrics, "val": val_scalars, "state": state,
-            "interrupted": stop.received is not None}
+            "interrupted": stopping and step < tc.total_steps}
+
+
+def _data_error_text(error: BaseException, completed: int, start_step: int, manager: ocp.CheckpointManager,
+                     save: Callable[[int], None]) -> str:
+    """Saves step `completed` if it is new and this process can (one process), and says what was kept."""
+    reason = data_error_message(error)
+    where = manager.directory
+    if completed > start_step and jax.process_count() == 1:
+        save(completed)
+        kept = (f"a checkpoint of step {completed} was saved in {where}; fix or remove the file and run "
+                f"the same command again to resume")
+    elif completed > 0 and completed == start_step:
+        kept = f"the checkpoint of step {completed} in {where} is kept; fix the file and run again to resume"
+    elif completed == 0:
+        kept = "no step was completed, nothing was saved"
+    else:  # several processes: a save needs every one of them, and the others are stopping too
+        latest = manager.latest_step()
+        kept = (f"no checkpoint could be saved (a save needs every process); the latest is step {latest} "
+                f"in {where}" if latest is not None else "no checkpoint was saved")
+    return f"reading the training data failed after step {completed}: {reason}; {kept}"
 
 
 def tx_lr(config, step: int) -> float:

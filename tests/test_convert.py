@@ -18,8 +18,8 @@ from nafnet_jax import convert
 from nafnet_jax.convert import (StateDictMismatchError, flax_to_torch, load_torch_checkpoint,
                                 save_torch_checkpoint, torch_to_flax)
 from nafnet_jax.models import ABLATION_LADDER, Baseline, NAFNet, UNet
-import torch_reference as ref
-from torch_stubs import install_torchvision_stub
+from nafnet_jax import torch_reference as ref
+from nafnet_jax.torch_reference import install_torchvision_stub
 
 LEVELS = dict(width=4, enc_blk_nums=[1, 2], middle_blk_num=1, dec_blk_nums=[2, 1])
 
@@ -263,18 +263,62 @@ def test_cli_converts_to_orbax_and_back(tmp_path, capsys):
         np.testing.assert_array_equal(loaded[k], sd[k], err_msg=k)
 
 
-def test_cli_refuses_a_non_empty_output_dir(tmp_path):
+def _error_line(capsys) -> str:
+    """The CLI's stderr, asserted to be exactly one line."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, f"expected one error line, got:\n{err}"
+    return err
+
+
+def test_cli_refuses_a_non_empty_output_dir(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("not a checkpoint")
-    with pytest.raises(SystemExit, match="--overwrite"):
-        convert.main([str(tmp_path / "in.pth"), str(out), "--model", "NAFNet-SIDD-width32"])
+    assert convert.main([str(tmp_path / "in.pth"), str(out), "--model", "NAFNet-SIDD-width32"]) == 2
+    assert "--overwrite" in _error_line(capsys)
     assert (out / "keep.txt").exists()
 
 
-def test_cli_rejects_unknown_model_and_override(tmp_path):
-    with pytest.raises(KeyError, match="NAFNet-Foo"):
-        convert.main([str(tmp_path / "in.pth"), str(tmp_path / "o"), "--model", "NAFNet-Foo"])
-    with pytest.raises(ValueError, match="widht"):
-        convert.main([str(tmp_path / "in.pth"), str(tmp_path / "o"),
-                      "--model", "NAFNet-SIDD-width32", "--set", "widht=4"])
+def test_cli_rejects_unknown_model_and_override(tmp_path, capsys):
+    assert convert.main([str(tmp_path / "in.pth"), str(tmp_path / "o"), "--model", "NAFNet-Foo"]) == 2
+    assert "NAFNet-Foo" in _error_line(capsys)
+    assert convert.main([str(tmp_path / "in.pth"), str(tmp_path / "o"),
+                         "--model", "NAFNet-SIDD-width32", "--set", "widht=4"]) == 2
+    assert "widht" in _error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def _tiny_pth(path, width=4):
+    model = _tiny_published()
+    if width != 4:
+        from nafnet_jax.models import get_model
+        model = get_model("NAFNet-SIDD-width32", width=width, enc_blk_nums=(1,), middle_blk_num=1,
+                          dec_blk_nums=(1,))
+    _write_pth(str(path), {"params": flax_to_torch(_random_flax_params(model, seed=2), model)})
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "not_a_checkpoint", "bare_tensor",
+                                  "width_mismatch"])
+def test_cli_bad_input_files_get_one_line_naming_the_file_and_exit_2(tmp_path, capsys, case):
+    src = tmp_path / "in.pth"
+    if case == "empty":
+        src.write_bytes(b"")
+    elif case == "truncated":
+        _tiny_pth(src)
+        src.write_bytes(src.read_bytes()[:300])
+    elif case == "not_a_checkpoint":
+        src.write_text("this is a text file, not weights\n")
+    elif case == "bare_tensor":
+        torch.save(torch.zeros(3), src)
+    elif case == "width_mismatch":
+        _tiny_pth(src, width=8)  # every tensor mis-shaped for width 4: dozens of problems
+    code = convert.main([str(src), str(tmp_path / "out"), "--model", "NAFNet-SIDD-width32", *TINY_OVERRIDES])
+    line = _error_line(capsys)
+    assert code == 2 and str(src) in line, line
+    want = {"missing": "no checkpoint file", "empty": "empty", "truncated": "not a readable checkpoint",
+            "not_a_checkpoint": "not a readable checkpoint", "bare_tensor": "Tensor",
+            "width_mismatch": "and "}[case]
+    assert want in line, line
+    if case == "width_mismatch":  # a count and the first few, not every key
+        assert "problem(s)" in line and len(line) < 800, line
+    assert not (tmp_path / "out").exists()

@@ -1,25 +1,31 @@
 """Every tfds builder, prepared from a small fake tree in the real on-disk layout, then loaded."""
 
+import dataclasses
 import os
 import shutil
+import socket
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import nafnet_jax.data  # noqa: F401  (registers the builders)
-from nafnet_jax.data.builders import bundled, paired_folder_config
+import nafnet_jax.data.builders  # noqa: F401  (registers the builders)
+from nafnet_jax.data.builders import bundled, examples, paired_folder_config
+from nafnet_jax.data.builders.gopro import Gopro
+from nafnet_jax.data.builders.streaming import StreamingBuilder
 from nafnet_jax.data.images import BadDataError
-from nafnet_jax.data.testing import (coordinate_image, sidd_blocks, write_gopro_tree, write_image,
-                                     write_mat_v5, write_paired_folder, write_reds_tree,
-                                     write_sidd_tree)
+from nafnet_jax.data.patches import GOPRO_PATCHES, SIDD_PATCHES, patch_starts, patch_windows
+from nafnet_jax.data.testing import (coordinate_image, sidd_blocks, textured_image,
+                                     write_gopro_tree, write_image, write_mat_v5,
+                                     write_paired_folder, write_reds_tree, write_sidd_tree)
 
 tfds.disable_progress_bar()
 
 
-def _prepare(name, data_dir, manual_dir=None, config=None, file_format='array_record'):
-    kwargs = {'config': config} if config is not None else {}
+def _prepare(name, data_dir, manual_dir=None, config=None, file_format='array_record',
+             **builder_kwargs):
+    kwargs = dict(builder_kwargs, **({'config': config} if config is not None else {}))
     builder = tfds.builder(name, data_dir=os.fspath(data_dir), file_format=file_format, **kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else os.fspath(manual_dir)))
@@ -129,6 +135,13 @@ def test_build_command_prepares_a_dataset_for_later_runs(tmp_path, capsys):
     assert builder.is_prepared() and len(builder.as_data_source('test')) == 2
 
 
+def test_build_command_rejects_a_builder_config_the_dataset_lacks(capsys):
+    from nafnet_jax.data import build
+    with pytest.raises(SystemExit):
+        build.main(['reds', '--builder_config', 'patches512', '--manual_dir', '/nonexistent'])
+    assert "--builder_config 'patches512': reds has no builder configs" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------- bad data
 
 
@@ -220,3 +233,155 @@ def test_sidd_noisy_and_gt_mat_of_different_shapes_is_an_error(tmp_path):
                  sidd_blocks(images=1))
     with pytest.raises(BadDataError, match='sizes differ: .*ValidationNoisyBlocksSrgb.mat holds'):
         _prepare('sidd', tmp_path / 'data', manual)
+
+
+# ------------------------------------------------------------------------- pre-cut patches
+# The original's scripts/data_preparation/{gopro,sidd}.py (BasicSR extract_subimages, thresh 0):
+# windows every `step` px, plus one flush with the far edge if pixels are left uncovered,
+# numbered row by row from 1, named '<frame>_s<index:03d>'.
+
+
+def test_patch_windows_of_a_gopro_frame_are_the_originals_8():
+    # NAFNET.md: rows {0, 208} x columns {0, 256, 512, 768}, s001..s008 row by row.
+    expected = [(i * 4 + j + 1, top, left) for i, top in enumerate((0, 208))
+                for j, left in enumerate((0, 256, 512, 768))]
+    assert patch_windows(720, 1280, GOPRO_PATCHES) == expected
+
+
+def test_patch_windows_of_a_sidd_image_end_flush_with_its_edges():
+    # 3000x5328 (Galaxy S6), step 384: 0..2304 then 2488 = 3000 - 512; 0..4608 then 4816.
+    windows = patch_windows(3000, 5328, SIDD_PATCHES)
+    assert sorted({top for _, top, _ in windows}) == list(range(0, 2305, 384)) + [2488]
+    assert sorted({left for _, _, left in windows}) == list(range(0, 4609, 384)) + [4816]
+    assert len(windows) == 8 * 14 and windows[13] == (14, 0, 4816) and windows[14] == (15, 384, 0)
+    assert patch_starts(1280, 512, 256) == [0, 256, 512, 768], 'an exact fit adds no window'
+
+
+_GOPRO_WINDOWS_600x800 = [(top, left) for top in (0, 88) for left in (0, 256, 288)]
+
+
+def _assert_patches(examples, frames, windows, height=600, width=800):
+    """examples are the patches of textured `frames` [(name, tag)] at `windows`, named as the
+    original (textured frames: no two windows look alike)."""
+    expected = [(f'{frame}_s{i:03d}', tag, top, left) for frame, tag in frames
+                for i, (top, left) in enumerate(windows, 1)]
+    assert [n for n, _, _ in examples] == [e[0] for e in expected]
+    for (name, lq, gt), (_, tag, top, left) in zip(examples, expected):
+        window = textured_image(height, width, tag)[top:top + 512, left:left + 512]
+        np.testing.assert_array_equal(gt, window, err_msg=f'{name}: not the window at '
+                                                          f'({top}, {left}) of frame {tag}')
+        np.testing.assert_array_equal(lq, 255 - window, err_msg=f'{name}: lq')
+
+
+def test_gopro_patches512_stores_the_originals_patches_and_whole_test_frames(tmp_path):
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=600, width=800,
+                              pattern='textured')
+    builder = _prepare('gopro/patches512', tmp_path / 'data', manual)
+    _assert_patches(_examples(builder, 'train'),
+                    [('GOPR0001_01_00_000001', 0), ('GOPR0002_02_00_000001', 1)],
+                    _GOPRO_WINDOWS_600x800)
+    ((name, lq, gt),) = _examples(builder, 'test')
+    np.testing.assert_array_equal(gt, textured_image(600, 800, 2), err_msg='whole test frame')
+    np.testing.assert_array_equal(lq, 255 - gt, err_msg=name)
+
+
+def test_sidd_patches512_stores_the_originals_patches_and_the_validation_blocks(tmp_path):
+    manual = write_sidd_tree(tmp_path / 'manual', height=600, width=800, pattern='textured')
+    builder = _prepare('sidd/patches512', tmp_path / 'data', manual)
+    images = [('0001_SRGB_010', 0), ('0001_SRGB_011', 1), ('0002_SRGB_010', 2),
+              ('0002_SRGB_011', 3)]
+    _assert_patches(_examples(builder, 'train'), images,
+                    [(top, left) for top in (0, 88) for left in (0, 288)])
+    validation = _examples(builder, 'validation')
+    for (name, lq, gt), expected in zip(validation, sidd_blocks().reshape(6, 8, 8, 3)):
+        np.testing.assert_array_equal(gt, expected, err_msg=name)
+        np.testing.assert_array_equal(lq, 255 - expected, err_msg=name)
+
+
+def test_frame_smaller_than_a_patch_is_an_error_naming_it(tmp_path):
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=300, width=800)
+    with pytest.raises(BadDataError, match=r'blur/000001.png.*800x300 frame is smaller than the '
+                                           r'512x512 patches'):
+        _prepare('gopro/patches512', tmp_path / 'data', manual)
+
+
+@pytest.fixture
+def one_frame_per_shard(monkeypatch):
+    """gopro plans with one frame per shard (so a fake tree has several), and a log of the
+    frames whose patches were cut (preparation runs in this process: workers=1)."""
+    cut = []
+    original_plans, original_cut = Gopro._split_plans, examples.raw_patches
+
+    def plans(self, dl_manager):
+        return {split: dataclasses.replace(plan, items_per_shard=1)
+                for split, plan in original_plans(self, dl_manager).items()}
+
+    def raw_patches(grid, pair, report):
+        cut.append(pair.name)
+        return original_cut(grid, pair, report)
+
+    monkeypatch.setattr(Gopro, '_split_plans', plans)
+    monkeypatch.setattr(examples, 'raw_patches', raw_patches)
+    return cut
+
+
+def test_interrupted_preparation_resumes_after_its_finished_shards(tmp_path,
+                                                                   one_frame_per_shard):
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=600, width=800,
+                              pattern='textured')
+    second = os.path.join(manual, 'GOPRO_Large', 'train', 'GOPR0002_02_00', 'sharp', '000001.png')
+    os.rename(second, second + '.bak')
+    write_image(second, coordinate_image(4, 4))  # wrong size: fails the second shard
+    with pytest.raises(BadDataError, match='sizes differ'):
+        _prepare('gopro/patches512', tmp_path / 'data', manual, workers=1)
+    assert one_frame_per_shard == ['GOPR0001_01_00_000001', 'GOPR0002_02_00_000001']
+    os.replace(second + '.bak', second)  # fixed; the frame of the finished shard is unchanged
+    builder = _prepare('gopro/patches512', tmp_path / 'data', manual, workers=1)
+    assert one_frame_per_shard[2:] == ['GOPR0002_02_00_000001'], 'the finished shard was redone'
+    _assert_patches(_examples(builder, 'train'),
+                    [('GOPR0001_01_00_000001', 0), ('GOPR0002_02_00_000001', 1)],
+                    _GOPRO_WINDOWS_600x800)
+    assert not os.path.exists(tmp_path / 'data' / 'gopro' / 'patches512' / '1.0.0.partial')
+
+
+def test_rerun_refuses_to_resume_when_a_finished_shards_source_changed(tmp_path,
+                                                                       one_frame_per_shard):
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=600, width=800,
+                              pattern='textured')
+    scene = os.path.join(manual, 'GOPRO_Large', 'train')
+    write_image(os.path.join(scene, 'GOPR0002_02_00', 'sharp', '000001.png'),
+                coordinate_image(4, 4))
+    with pytest.raises(BadDataError, match='sizes differ'):
+        _prepare('gopro/patches512', tmp_path / 'data', manual, workers=1)
+    write_image(os.path.join(scene, 'GOPR0001_01_00', 'sharp', '000001.png'),
+                coordinate_image(600, 800, 7))  # a frame already in a finished shard
+    staging = tmp_path / 'data' / 'gopro' / 'patches512' / '1.0.0.partial'
+    with pytest.raises(BadDataError, match=f'{staging}: an interrupted preparation .*'
+                                           'GOPR0001_01_00_000001.*delete the folder'):
+        _prepare('gopro/patches512', tmp_path / 'data', manual, workers=1)
+
+
+def test_preparation_refuses_while_another_process_holds_the_lock(tmp_path):
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=600, width=800,
+                              pattern='textured')
+    staging = tmp_path / 'data' / 'gopro' / 'patches512' / '1.0.0.partial'
+    os.makedirs(staging)
+    (staging / 'LOCK').write_text(f'{socket.gethostname()} {os.getppid()}')  # a live process
+    with pytest.raises(BadDataError, match=f'another preparation .*process {os.getppid()}'):
+        _prepare('gopro/patches512', tmp_path / 'data', manual, workers=1)
+
+
+@pytest.mark.slow  # each spawned worker imports TensorFlow: ~30 s on 2 busy cores
+def test_worker_processes_write_the_same_dataset_as_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(StreamingBuilder, 'MIN_ITEMS_FOR_WORKERS', 1)  # workers for 3 frames
+    monkeypatch.setattr(StreamingBuilder, 'ITEMS_PER_WORKER', 1)
+    manual = write_gopro_tree(tmp_path / 'manual', frames=1, height=600, width=800,
+                              pattern='textured')
+    one = _prepare('gopro/patches512', tmp_path / 'one', manual, workers=1)
+    two = _prepare('gopro/patches512', tmp_path / 'two', manual, workers=2)
+    for split in ('train', 'test'):
+        a, b = _examples(one, split), _examples(two, split)
+        assert [n for n, _, _ in a] == [n for n, _, _ in b]
+        for (name, lq_a, gt_a), (_, lq_b, gt_b) in zip(a, b):
+            np.testing.assert_array_equal(lq_a, lq_b, err_msg=name)
+            np.testing.assert_array_equal(gt_a, gt_b, err_msg=name)

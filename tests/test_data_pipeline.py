@@ -4,6 +4,8 @@ Data: coordinate-encoded images (gt[y, x] = (y, x, tag), lq = 255 - gt, tag = im
 each element says which image and which window it came from.
 """
 
+import glob
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -15,9 +17,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from nafnet_jax.data import (BadDataError, create_eval_dataset, create_train_iterator,
-                             default_data_config, shard_bounds, validate_data_config)
-from nafnet_jax.data.testing import (coordinate_image, write_gopro_tree, write_image,
-                                     write_paired_folder)
+                             default_data_config, prepare, shard_bounds, validate_data_config)
+from nafnet_jax.data.testing import (coordinate_image, textured_image, write_gopro_tree,
+                                     write_image, write_paired_folder)
 
 tfds.disable_progress_bar()
 NUM_IMAGES = 10
@@ -350,3 +352,85 @@ def test_interpreter_exits_with_live_iterators(folders):
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                             timeout=100)
     assert result.returncode == 0 and 'done' in result.stdout, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ pre-cut patch datasets
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(_REPO, 'configs', 'gopro_*.py')))
+                         + sorted(glob.glob(os.path.join(_REPO, 'configs', 'sidd_*.py'))))
+def test_gopro_and_sidd_recipes_train_from_the_originals_patches(path):
+    spec = importlib.util.spec_from_file_location('recipe', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.get_config().data
+    assert (data.dataset, data.builder_config, data.crops_per_image) in (
+        ('gopro', 'patches512', 1), ('sidd', 'patches512', 1)), os.path.basename(path)
+    validate_data_config(data)
+
+
+@pytest.fixture(scope='module')
+def gopro_patches(tmp_path_factory):
+    """gopro/patches512 prepared from 600x800 fake frames: 2 train frames x 6 patches."""
+    root = tmp_path_factory.mktemp('gopro_patches')
+    config = default_data_config()
+    config.dataset, config.builder_config = 'gopro', 'patches512'
+    config.manual_dir = write_gopro_tree(root / 'manual', frames=1, height=600, width=800,
+                                         pattern='textured')
+    config.data_dir = os.fspath(root / 'data')
+    config.crop_size = 64
+    prepare(config, workers=1)
+    return config
+
+
+def test_patch_training_draws_every_patch_once_per_epoch(gopro_patches):
+    config = gopro_patches.copy_and_resolve_references()
+    config.crop_size, config.use_flip, config.use_rot = 512, False, False  # crop = whole patch
+    batches = _batches(config, 3, global_batch_size=4, seed=0)  # 12 patches: one epoch
+    windows = [(top, left) for top in (0, 88) for left in (0, 256, 288)]
+    seen = []
+    for gt in np.concatenate([np.round(b['gt'] * 255).astype(np.uint8) for b in batches]):
+        tag = int(gt[0, 0, 2])
+        frame = textured_image(600, 800, tag)
+        found = [w for w in windows
+                 if np.array_equal(gt, frame[w[0]:w[0] + 512, w[1]:w[1] + 512])]
+        assert len(found) == 1, f'a crop of frame {tag} is not one of its patches'
+        seen.append((tag, found[0]))
+    assert sorted(seen) == [(tag, w) for tag in (0, 1) for w in windows]
+
+
+def test_patch_training_is_deterministic_and_resumes_exactly(gopro_patches):
+    full = _batches(gopro_patches, 4, global_batch_size=4, seed=3)
+    _assert_batches_equal(_batches(gopro_patches, 4, global_batch_size=4, seed=3), full,
+                          'same seed')
+    _assert_batches_equal(_batches(gopro_patches, 2, global_batch_size=4, seed=3, start_step=2),
+                          full[2:], 'resumed at step 2')
+    for batch in full:
+        np.testing.assert_allclose(batch['lq'], 1 - batch['gt'], atol=1e-6,
+                                   err_msg='lq is not 1 - gt: the pair lost alignment')
+
+
+def test_patch_dataset_evaluates_on_whole_test_frames(gopro_patches):
+    (example,) = create_eval_dataset(gopro_patches, process_index=0, process_count=1)
+    assert example['name'] == 'GOPR0003_03_00_000001' and example['gt'].shape == (600, 800, 3)
+    np.testing.assert_allclose(example['lq'], 1 - example['gt'], atol=1e-6)
+
+
+def test_builder_config_is_checked_against_the_dataset():
+    config = default_data_config()
+    config.dataset, config.builder_config = 'reds', 'patches512'
+    with pytest.raises(ValueError, match=r"data.builder_config must be None or one of \(\) for "
+                                         r"dataset 'reds', got 'patches512'"):
+        validate_data_config(config)
+
+
+def test_data_bench_measures_the_patch_dataset_it_prepares(capsys):
+    from nafnet_jax.data import bench
+    bench.main(['--small', '--cases', 'gopro/patches512', '--parallel', '1', '--seconds', '0',
+                '--gopro_frames', '2', '--batch', '2'])
+    rows = [line.split('|')[1:4] for line in capsys.readouterr().out.splitlines()
+            if line.startswith('| gopro/patches512 |')]
+    assert len(rows) == 1 and rows[0][1].strip() == '1', rows
+    assert float(rows[0][2]) > 0, 'no pairs/s measured'

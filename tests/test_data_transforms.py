@@ -69,6 +69,17 @@ def test_paired_crop_pads_images_smaller_than_the_crop_at_the_bottom_right(heigh
     np.testing.assert_array_equal(lq_c.numpy(), 255 - gt_c.numpy())
 
 
+def test_crop_with_margin_is_the_same_window_widened():
+    # Without margin the window is sliced, with one it is gathered: both must agree.
+    gt = coordinate_image(20, 30)
+    for i in range(10):
+        _, plain = transforms.paired_random_crop(tf.constant(gt), tf.constant(gt), 8, _seed(i))
+        _, wide = transforms.paired_random_crop(tf.constant(gt), tf.constant(gt), 8, _seed(i),
+                                                margin=2)
+        np.testing.assert_array_equal(wide.numpy()[2:-2, 2:-2], plain.numpy(),
+                                      err_msg=f'seed {i}: the margin moved the window')
+
+
 def test_crop_with_margin_then_blur_equals_blurring_the_whole_image():
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (14, 17, 3)).astype(np.float32)

@@ -219,6 +219,13 @@ def test_run_eval_reads_the_configs_eval_split_through_the_data_pipeline(tmp_pat
     assert result["count"] == 2 and len(result["per_image"]) == 2
     assert result["dataset"] == "paired_folder" and result["eval"]["protocol"] == "float"
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["count"] == 2
+    before = (tmp_path / "out" / "metrics.json").read_bytes()
+    with pytest.raises(FileExistsError, match="metrics.json exists .*--overwrite"):  # refused before any work
+        ev.run_eval(config, str(ckpt), str(tmp_path / "out"), max_images=1, progress=False)
+    assert (tmp_path / "out" / "metrics.json").read_bytes() == before
+    assert ev.run_eval(config, str(ckpt), str(tmp_path / "out"), max_images=1, progress=False,
+                       overwrite=True)["count"] == 1
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["count"] == 1
 
 
 def test_two_processes_gather_every_images_record(tmp_path):

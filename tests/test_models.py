@@ -1,7 +1,7 @@
 """The Flax NAFNet/Baseline against the PyTorch original, and its layers against references.
 
 Layer tests compare with PyTorch ops, NumPy or hand-worked values. Model tests run
-the original code (spandrel's NAFNet, tests/torch_reference.py's Baseline and TLC)
+the original code (spandrel's NAFNet, nafnet_jax/torch_reference's Baseline and TLC)
 on the same random weights, with the parameters that start trivial (beta, gamma,
 LayerNorm) made random, odd image sizes and batch 2; TLC models see images larger
 than their (small) training size, so the local pooling runs at every level.
@@ -22,7 +22,7 @@ from nafnet_jax.convert import torch_to_flax
 from nafnet_jax.models import (ABLATION_LADDER, Baseline, NAFNet, build_model, get_model,
                                pixel_shuffle, simple_gate, tlc_kernels, tlc_pool)
 from nafnet_jax.models.layers import Conv2d, channel_layer_norm
-import torch_reference as ref
+from nafnet_jax import torch_reference as ref
 
 F64_TOL = 1e-9
 F32_TOL = 1e-5
@@ -104,6 +104,48 @@ def test_tlc_pool_falls_back_to_global_mean(kernel):
     assert got.shape == want.shape == (2, 1, 1, 3)
     assert _max_err(got, want) <= F64_TOL
     assert _max_err(got, x.mean(axis=(1, 2), keepdims=True)) <= F64_TOL
+
+
+# A level-0 map of a 720x1280 GoPro/REDS frame with the (384, 384) box of tlc_train_size=(256, 256).
+LEVEL0 = (1, 720, 1280, 2)
+
+
+@pytest.mark.parametrize("pattern", ["constant", "random"])
+def test_tlc_pool_in_bfloat16_accumulates_in_float32(pattern):
+    """A bfloat16 integral image of this map reaches ~3e5 (one bfloat16 step: 2048) and returned
+    0.264..0.340 for a constant 0.3; accumulated in float32, the only error left is the final
+    rounding to bfloat16 (at most 2**-8 of each value, bfloat16's unit roundoff)."""
+    x = (np.full(LEVEL0, 0.3) if pattern == "constant"
+         else np.random.default_rng(7).uniform(size=LEVEL0)).astype(np.float32)
+    x16 = jnp.asarray(x, jnp.bfloat16)
+    pool = jax.jit(lambda x: tlc_pool(x, (384, 384)))
+    got = pool(x16)
+    want = pool(x16.astype(jnp.float32))  # the same (bfloat16-rounded) input, float32 throughout
+    assert got.dtype == jnp.bfloat16 and got.shape == LEVEL0
+    err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want) / jnp.abs(want)))
+    assert err <= 2.0 ** -8, f"{pattern} map: bfloat16 tlc_pool off by {err:.3g} (relative)"
+
+
+def test_tlc_model_in_bfloat16_stays_close_to_float32_at_720x1280(capsys):
+    """A whole TLC model (tlc_train_size=(256, 256)) at a full GoPro frame, where every pool is
+    local: bfloat16 compute against float32, as PSNR between the two outputs (printed)."""
+    from tiny_models import random_params
+
+    kwargs = dict(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,), tlc_train_size=(256, 256))
+    model = NAFNet(**kwargs)
+    assert tlc_kernels((256, 256), 1) == ((384, 384), (192, 192))  # < (720, 1280) and (360, 640)
+    variables = {"params": random_params(model, seed=3, beta_gamma_std=0.5)}
+    h, w = 720, 1280
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = 0.5 + 0.3 * np.stack([np.sin(6 * xx + 4 * yy + c) for c in range(3)], -1)
+    x = np.clip(img + np.random.default_rng(0).normal(0, 0.05, img.shape), 0, 1)[None].astype(np.float32)
+    want = np.asarray(jax.jit(model.apply)(variables, x))
+    got = np.asarray(jax.jit(NAFNet(dtype=jnp.bfloat16, **kwargs).apply)(variables, x), np.float32)
+    psnr = 10 * np.log10(1.0 / np.mean((got - want) ** 2))
+    with capsys.disabled():
+        print(f"\n[tlc bf16] PSNR(bfloat16 output, float32 output) at 720x1280: {psnr:.2f} dB")
+    assert np.isfinite(psnr) and psnr < 90, "bfloat16 gave float32's output: nothing ran in bfloat16"
+    assert psnr >= 45, f"bfloat16 TLC model only {psnr:.2f} dB from float32"
 
 
 def test_tlc_kernels_for_train_256():

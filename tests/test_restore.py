@@ -123,7 +123,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory, checkpoint):
-    """One CLI run over a folder of assorted images (all in one 64x64 bucket: one compilation)."""
+    """One CLI run over a folder of assorted images (all 37x45: one compilation in exact mode)."""
     src = tmp_path_factory.mktemp("inputs")
     out = tmp_path_factory.mktemp("outputs")
     rgb8 = _smooth_rgb8(37, 45)
@@ -241,7 +241,8 @@ def test_cli_rejects_a_model_name_that_disagrees_with_the_checkpoint(tmp_path, c
                          "--model", "NAFNet-GoPro-width32"])
     err = capsys.readouterr().err
     assert code == 2 and "does not match checkpoint" in err and "width" in err
-    assert not (tmp_path / "out" / "a.png").exists()
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists(), "a refused run created its output folder"
 
 
 def test_model_name_agrees_with_a_config_of_the_same_architecture():
@@ -250,6 +251,58 @@ def test_model_name_agrees_with_a_config_of_the_same_architecture():
     differences = restore.architecture_mismatch("NAFNet-GoPro-width32",
                                                 {"name": "NAFNet-GoPro-width32", "tlc_train_size": None})
     assert len(differences) == 1 and differences[0].startswith("tlc_train_size"), differences
+
+
+def _restore_model(checkpoint):
+    from nafnet_jax import inference
+    from nafnet_jax.checkpointing import load_model_checkpoint
+    from nafnet_jax.models import build_model
+    params, config = load_model_checkpoint(checkpoint)
+    model = build_model(config)
+    return inference.model_apply_fn(model), params, 2 ** len(model.enc_blk_nums)
+
+
+def test_default_mode_is_exact_mode_at_the_borders(tmp_path, checkpoint):
+    """The default must stay within 1/255 of exact mode everywhere, the last rows/columns included."""
+    from nafnet_jax import inference
+    rgb8 = _smooth_rgb8(37, 45, seed=3)  # neither side a multiple of 16 or 64
+    image_io.write_png(tmp_path / "a.png", rgb8)
+    assert restore.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "default"), "--checkpoint",
+                         str(checkpoint)]) == 0
+    apply_fn, params, align = _restore_model(checkpoint)
+    picture = image_io.read_image(tmp_path / "a.png")
+    exact = image_io.quantize(inference.Restorer(apply_fn, params, bucket=None, align=align)(picture.rgb), 8)
+    bucketed = image_io.quantize(inference.Restorer(apply_fn, params, bucket=64, align=align)(picture.rgb), 8)
+    default, _ = _read_raw(tmp_path / "default" / "a.png")
+    diff = np.abs(default.astype(int) - exact.astype(int))
+    assert diff.max() <= 1, (f"default vs exact: max {diff.max()}/255, last row max {diff[-1].max()}, "
+                             f"last column max {diff[:, -1].max()}")
+    # The check has teeth: the opt-in bucket mode does move border pixels of this model.
+    assert np.abs(bucketed.astype(int) - exact.astype(int)).max() > 1
+
+
+def test_written_images_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        image_io.write_png(tmp_path / "a.png", _smooth_rgb8(4, 4))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "a.png").st_mode & 0o777) == oct(0o640)
+
+
+def test_an_empty_file_is_reported_as_empty(tmp_path):
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(image_io.ImageReadError, match=r"e\.png: empty file"):
+        image_io.read_image(tmp_path / "e.png")
+
+
+def test_cli_output_folder_that_cannot_be_created_is_one_line_exit_2(tmp_path, checkpoint, capsys):
+    image_io.write_png(tmp_path / "a.png", _smooth_rgb8(8, 8))
+    (tmp_path / "file").write_text("x")
+    code = restore.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "sub"), "--checkpoint",
+                         str(checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "file/sub" in err, err
 
 
 def test_module_entry_point_prints_usage():

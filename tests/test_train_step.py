@@ -13,7 +13,7 @@ from nafnet_jax.losses import get_loss, psnr_loss
 from nafnet_jax.models import NAFNet
 from nafnet_jax.optim import clip_by_global_norm_torch, cosine_schedule, create_optimizer
 from nafnet_jax.train_state import init_train_state
-from nafnet_jax.train_step import make_train_step
+from nafnet_jax.train_step import make_grad_fn, make_train_step
 
 torch = pytest.importorskip("torch")
 
@@ -23,7 +23,7 @@ OPT = ml_collections.ConfigDict(dict(lr=1e-3, eta_min=1e-7, b1=0.9, b2=0.9, eps=
 
 
 def _torch_nafnet():
-    from torch_stubs import install_torchvision_stub
+    from nafnet_jax.torch_reference import install_torchvision_stub
     install_torchvision_stub()
     from spandrel.architectures.NAFNet.__arch.NAFNet_arch import NAFNet as TorchNAFNet
     torch.manual_seed(0)
@@ -129,8 +129,41 @@ def test_gradient_accumulation_equals_the_full_batch():
     s1, m1 = full(state, batch)
     s2, m2 = accum(state, batch)
     assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), abs=1e-5)
+    # grad_norm is taken before the clip, which would normalise a wrong scale away.
+    assert float(m2["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-4), "accumulated grad_norm"
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s1.params, s2.params)
     assert max(jax.tree.leaves(diff)) < 1e-6, diff
+
+
+def _max_rel_diff(a, b) -> float:
+    """max over leaves of max|a - b| / max|b|."""
+    def rel(u, v):  # an all-zero reference leaf needs an all-zero result
+        return float(jnp.max(jnp.abs(u - v)) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-30))
+
+    return max(jax.tree.leaves(jax.tree.map(rel, a, b)))
+
+
+def test_accumulated_gradients_equal_the_full_batch_gradients():
+    """The gradients themselves, before any clip or Adam: a sum over micro-batches in place
+    of their mean would be `accum` times too large and fail by a factor of `accum`."""
+    model, _, state, _ = _tiny_setup()
+    # Off skip-init (beta = gamma = 0 zeroes most blocks' gradients), so every leaf is compared.
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda p: p + jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), state.params)
+    batch = _batch(0, n=4)
+    (loss1, psnr1), grads1 = jax.jit(make_grad_fn(model, psnr_loss, 1))(params, batch)
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads1)), "a gradient leaf is all zeros"
+    for accum in (2, 4):  # 4: micro-batches of one image
+        (loss_k, psnr_k), grads_k = jax.jit(make_grad_fn(model, psnr_loss, accum))(params, batch)
+        assert float(loss_k) == pytest.approx(float(loss1), rel=1e-5), f"accum={accum}: loss"
+        assert float(psnr_k) == pytest.approx(float(psnr1), rel=1e-5), f"accum={accum}: psnr"
+        err = _max_rel_diff(grads_k, grads1)
+        assert err < 1e-4, f"{accum} micro-batches: gradients differ from the full batch's by {err:.3g}"
+
+
+def test_grad_accum_steps_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="grad_accum_steps=0"):
+        make_grad_fn(NAFNet(width=4), psnr_loss, 0)
 
 
 @pytest.mark.parametrize("loss", ["l1", "mse", "charbonnier", "psnr"])

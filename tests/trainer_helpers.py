@@ -87,3 +87,26 @@ def final_params(workdir) -> dict:
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def config_from_overrides(overrides: Sequence[str]):
+    """configs/demo.py's config with `--config.key=value` overrides applied (for in-process runs)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for override in overrides:
+        key, _, text = override[len("--config."):].partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config

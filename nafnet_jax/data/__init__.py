@@ -1,25 +1,43 @@
 """Datasets (tfds builders) and the tf.data input pipeline.
 
-Importing this package registers the tfds builders `bundled`, `gopro`, `sidd`, `reds` and
-`paired_folder`, and hides accelerators from TensorFlow (JAX keeps all device memory).
+Using this package's pipeline or sources registers the tfds builders `bundled`, `gopro`, `sidd`, `reds` and
+`paired_folder` (gopro and sidd with configs `frames`, whole frames, and `patches512`, the
+original's pre-cut training patches: data.builder_config), and hides accelerators from TensorFlow
+(JAX keeps all device memory). The config schema (`default_data_config`,
+`validate_data_config`, `parse_degradation`) imports without TensorFlow; everything else is
+loaded on first use, so the model, the train step and the benchmarks never import TensorFlow.
 
     config.data = default_data_config()          # then override fields
     batches = create_train_iterator(config.data, global_batch_size=32, seed=0, start_step=step)
     evalset = create_eval_dataset(config.data)  # whole images with names
 """
 
-from nafnet_jax.data.pipeline import hide_accelerators_from_tf
+from __future__ import annotations
 
-hide_accelerators_from_tf()  # before anything else touches TensorFlow devices
+import importlib
+from typing import Any
 
-from nafnet_jax.data import builders  # noqa: E402  (registers the tfds builders)
-from nafnet_jax.data.config import (DATASETS, default_data_config,  # noqa: E402
-                                    validate_data_config)
-from nafnet_jax.data.degradations import parse_degradation  # noqa: E402
-from nafnet_jax.data.images import BadDataError  # noqa: E402
-from nafnet_jax.data.pipeline import (EvalDataset, create_eval_dataset,  # noqa: E402
-                                      create_train_dataset, create_train_iterator, shard_bounds)
-from nafnet_jax.data.sources import open_source, prepare  # noqa: E402
+from nafnet_jax.data.config import DATASETS, default_data_config, validate_data_config
+from nafnet_jax.data.degradation_spec import parse_degradation
+
+# name -> submodule that defines it; imported (with TensorFlow) on first access.
+_LAZY = {
+    'BadDataError': 'images', 'EvalDataset': 'pipeline', 'create_eval_dataset': 'pipeline',
+    'create_train_dataset': 'pipeline', 'create_train_iterator': 'pipeline', 'shard_bounds': 'pipeline',
+    'open_source': 'sources', 'prepare': 'sources',
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'builders' or name in _LAZY:
+        pipeline = importlib.import_module('nafnet_jax.data.pipeline')
+        pipeline.hide_accelerators_from_tf()  # before anything else touches TensorFlow devices
+        builders = importlib.import_module('nafnet_jax.data.builders')  # registers the tfds builders
+        if name == 'builders':
+            return builders
+        return getattr(importlib.import_module(f'nafnet_jax.data.{_LAZY[name]}'), name)
+    raise AttributeError(f"module 'nafnet_jax.data' has no attribute {name!r}")
+
 
 __all__ = [
     'DATASETS', 'BadDataError', 'EvalDataset', 'builders', 'create_eval_dataset',

@@ -7,7 +7,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder  # None that the command line can override
 
-from nafnet_jax.data.degradations import DegradationSpec, parse_degradation
+from nafnet_jax.data.degradation_spec import DegradationSpec, parse_degradation
 
 DATASETS = ('bundled', 'gopro', 'sidd', 'reds', 'paired_folder')
 # Split evaluated when data.eval_split is None.
@@ -15,12 +15,18 @@ DEFAULT_EVAL_SPLIT = {'bundled': 'validation', 'gopro': 'test', 'sidd': 'validat
                       'reds': 'validation', 'paired_folder': 'validation'}
 # Datasets whose stored lq equals gt: training on them needs a degradation.
 CLEAN_ONLY = ('bundled',)
+# tfds builder configs a dataset offers (data.builder_config); None (the default) is always valid.
+BUILDER_CONFIGS = {'gopro': ('frames', 'patches512'), 'sidd': ('frames', 'patches512')}
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     """Defaults of every data option; configs override fields (see each comment)."""
     c = ml_collections.ConfigDict()
     c.dataset = 'bundled'  # tfds builder: bundled | gopro | sidd | reds | paired_folder
+    # tfds builder config (None: the builder's default). gopro and sidd: 'frames' (whole frames,
+    # PNG) or 'patches512' (the original's pre-cut 512x512 training patches, raw uint8: decoding
+    # is a copy; sampling a patch uniformly weights each frame by its area, as the original).
+    c.builder_config = placeholder(str)
     c.data_dir = placeholder(str)  # tfds data_dir (None: tfds default, ~/tensorflow_datasets)
     c.manual_dir = placeholder(str)  # the extracted download (gopro, sidd, reds)
     c.train_split = 'train'  # tfds split syntax accepted, e.g. 'train[:90%]'
@@ -77,6 +83,10 @@ def validate_data_config(config) -> DegradationSpec | None:
         raise ValueError(f'data: unknown key(s) {unknown}; known: {sorted(known)}')
     dataset = _get(config, 'dataset')
     _check(dataset in DATASETS, 'dataset', f'must be one of {DATASETS}', dataset)
+    builder_config = _get(config, 'builder_config')
+    allowed = BUILDER_CONFIGS.get(dataset, ())
+    _check(builder_config is None or builder_config in allowed, 'builder_config',
+           f'must be None or one of {allowed} for dataset {dataset!r}', builder_config)
     for key in ('data_dir', 'manual_dir', 'lq_dir', 'gt_dir', 'eval_lq_dir', 'eval_gt_dir',
                 'eval_split'):
         v = _get(config, key)

@@ -223,7 +223,8 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
     ds = ds.map(_graph_fn(image_index))
     ds = ds.map(_graph_fn(lambda unit, index: (unit, *load(index))),
                 num_parallel_calls=parallel)
-    ds = ds.flat_map(_graph_fn(crops)).skip(crops_to_skip)
+    if k > 1:  # (with k = 1 the unit is the element index already: no nested dataset needed)
+        ds = ds.flat_map(_graph_fn(crops)).skip(crops_to_skip)
     ds = ds.map(_graph_fn(train_pair), num_parallel_calls=parallel)
     if window > 1:
         def mix(w, pair):

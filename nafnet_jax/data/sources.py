@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from nafnet_jax.data.builders.paired_folder import folder_pairs, paired_folder_config
+from nafnet_jax.data.builders.streaming import StreamingBuilder
 from nafnet_jax.data.images import DataReport, check_pair_headers, check_same_size, read_rgb8
 
 log = logging.getLogger(__name__)
@@ -81,25 +82,40 @@ class TfdsPairSource:
         return (example['lq'] if need_lq else None), example['gt'], name
 
 
-def tfds_builder(config) -> tfds.core.DatasetBuilder:
-    """The tfds builder `config.dataset` names (array_record files), with its folder config."""
+def tfds_builder(config, workers: int | None = None) -> tfds.core.DatasetBuilder:
+    """The tfds builder `config.dataset` names (array_record files), with its builder config.
+
+    workers: processes preparing gopro/sidd/reds (None: one per core; see builders.streaming).
+    """
     kwargs = {}
     if config['dataset'] == 'paired_folder':
         kwargs['config'] = paired_folder_config(config['gt_dir'], config['lq_dir'],
                                                 config['eval_gt_dir'], config['eval_lq_dir'])
+    elif config['builder_config'] is not None:
+        kwargs['config'] = config['builder_config']
+    if issubclass(tfds.builder_cls(config['dataset']), StreamingBuilder):
+        kwargs['workers'] = workers
     return tfds.builder(config['dataset'], data_dir=config['data_dir'],
                         file_format='array_record', **kwargs)
 
 
-def prepare(config) -> tfds.core.DatasetBuilder:
-    """Builds the tfds dataset of `config` if it is not there yet; returns the builder."""
-    builder = tfds_builder(config)
+def prepare(config, workers: int | None = None) -> tfds.core.DatasetBuilder:
+    """Builds the tfds dataset of `config` if it is not there yet; returns the builder.
+
+    workers: processes preparing gopro/sidd/reds (None: one per core).
+    """
+    builder = tfds_builder(config, workers)
     if not builder.is_prepared():
         manual_dir = config['manual_dir']
         download_config = tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir) if manual_dir else None)
         builder.download_and_prepare(file_format='array_record', download_config=download_config)
     return builder
+
+
+def _config_flag(config) -> str:
+    name = config['builder_config']
+    return f' --builder_config {name}' if name and config['dataset'] != 'paired_folder' else ''
 
 
 def open_source(config, split: str, process_count: int = 1) -> FolderPairSource | TfdsPairSource:
@@ -125,7 +141,8 @@ def open_source(config, split: str, process_count: int = 1) -> FolderPairSource 
                 f"tfds dataset {config['dataset']!r} is not prepared in {builder.data_dir}; "
                 'prepare it once before a multi-process run (or set data.prepare=True in a '
                 'single-process run): python -m nafnet_jax.data.build '
-                f"{config['dataset']} --manual_dir <dir> --data_dir <data_dir>")
+                f"{config['dataset']}{_config_flag(config)} --manual_dir <dir> "
+                '--data_dir <data_dir>')
         builder = prepare(config)
     try:
         return TfdsPairSource(builder, split)

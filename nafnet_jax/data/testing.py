@@ -26,9 +26,24 @@ def write_image(path: str | os.PathLike, image: np.ndarray, **save_kwargs) -> st
     return path
 
 
-def write_pair(lq_path, gt_path, height: int, width: int, tag: int) -> np.ndarray:
-    """Writes gt = coordinate_image(tag) and lq = 255 - gt; returns gt."""
-    gt = coordinate_image(height, width, tag)
+def textured_image(height: int, width: int, tag: int = 0) -> np.ndarray:
+    """uint8 (H, W, 3): channels 0-1 random (seeded by `tag`), 2 = `tag`.
+
+    Unlike coordinate_image (periodic every 256 px), every window of it differs from the others,
+    so a window's position can be checked in frames wider or taller than 256 px.
+    """
+    image = np.random.default_rng(tag).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image[..., 2] = tag % 256
+    return image
+
+
+_PATTERNS = {'coordinates': coordinate_image, 'textured': textured_image}
+
+
+def write_pair(lq_path, gt_path, height: int, width: int, tag: int,
+               pattern: str = 'coordinates') -> np.ndarray:
+    """Writes gt = coordinate_image(tag) (or textured_image) and lq = 255 - gt; returns gt."""
+    gt = _PATTERNS[pattern](height, width, tag)
     write_image(gt_path, gt)
     write_image(lq_path, 255 - gt)
     return gt
@@ -45,10 +60,10 @@ def write_paired_folder(root, num: int = 4, height: int = 12, width: int = 16,
 
 
 def write_gopro_tree(root, layout: str = 'scenes', frames: int = 2, height: int = 12,
-                     width: int = 16) -> str:
+                     width: int = 16, pattern: str = 'coordinates') -> str:
     """GOPRO_Large: root/GOPRO_Large/{train,test}/<scene>/{blur,sharp,blur_gamma}/<frame>.png
     (two scenes in train, one in test); layout='flat': root/{train,test}/{input,target}/*.png.
-    Returns the manual_dir to pass (root).
+    pattern: 'coordinates' or 'textured' frames (see write_pair). Returns the manual_dir (root).
     """
     tag = 0
     scenes = {'train': ['GOPR0001_01_00', 'GOPR0002_02_00'], 'test': ['GOPR0003_03_00']}
@@ -59,11 +74,12 @@ def write_gopro_tree(root, layout: str = 'scenes', frames: int = 2, height: int 
                 if layout == 'flat':
                     base = os.path.join(root, split)
                     write_pair(os.path.join(base, 'input', f'{scene}-{frame}'),
-                               os.path.join(base, 'target', f'{scene}-{frame}'), height, width, tag)
+                               os.path.join(base, 'target', f'{scene}-{frame}'), height, width, tag,
+                               pattern)
                 else:
                     base = os.path.join(root, 'GOPRO_Large', split, scene)
                     gt = write_pair(os.path.join(base, 'blur', frame),
-                                    os.path.join(base, 'sharp', frame), height, width, tag)
+                                    os.path.join(base, 'sharp', frame), height, width, tag, pattern)
                     write_image(os.path.join(base, 'blur_gamma', frame), gt)  # not used
                 tag += 1
     return os.fspath(root)
@@ -105,7 +121,8 @@ def sidd_blocks(images: int = 2, blocks: int = 3, size: int = 8, offset: int = 0
     return out
 
 
-def write_sidd_tree(root, mat_format: str = 'v5', height: int = 12, width: int = 16) -> str:
+def write_sidd_tree(root, mat_format: str = 'v5', height: int = 12, width: int = 16,
+                    pattern: str = 'coordinates') -> str:
     """root/SIDD_Medium_Srgb/Data/<scene>/<id>_{NOISY,GT}_SRGB_01{0,1}.PNG (two scenes) and
     root/Validation{Noisy,Gt}BlocksSrgb.mat (2 images x 3 blocks of 8x8; noisy = 255 - gt) in
     `mat_format` 'v5' or 'v7.3'. Returns the manual_dir (root).
@@ -116,7 +133,8 @@ def write_sidd_tree(root, mat_format: str = 'v5', height: int = 12, width: int =
             base = os.path.join(root, 'SIDD_Medium_Srgb', 'Data', scene)
             sid = scene[:4]
             write_pair(os.path.join(base, f'{sid}_NOISY_SRGB_{shot}.PNG'),
-                       os.path.join(base, f'{sid}_GT_SRGB_{shot}.PNG'), height, width, tag)
+                       os.path.join(base, f'{sid}_GT_SRGB_{shot}.PNG'), height, width, tag,
+                       pattern)
             tag += 1
     gt = sidd_blocks()
     write = write_mat_v5 if mat_format == 'v5' else write_mat_v73

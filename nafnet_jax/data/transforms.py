@@ -55,9 +55,21 @@ def paired_random_crop(lq: tf.Tensor, gt: tf.Tensor, size: int, seed: tf.Tensor,
     left = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1),
                                        0, width - size + 1, dtype=tf.int32)
     span = size + 2 * margin
-    rows = _window_indices(top - margin, span, height, shape[0])
-    cols = _window_indices(left - margin, span, width, shape[1])
-    return tuple(tf.gather(tf.gather(image, rows, axis=0), cols, axis=1) for image in (lq, gt))
+
+    def gather_window():
+        rows = _window_indices(top - margin, span, height, shape[0])
+        cols = _window_indices(left - margin, span, width, shape[1])
+        return tuple(tf.gather(tf.gather(image, rows, axis=0), cols, axis=1)
+                     for image in (lq, gt))
+
+    if margin:
+        return gather_window()
+
+    def slice_window():  # the same window, without building and gathering through index vectors
+        return tuple(tf.slice(image, [top, left, 0], [size, size, -1]) for image in (lq, gt))
+
+    fits = tf.logical_and(shape[0] >= size, shape[1] >= size)  # no padding needed
+    return tf.cond(fits, slice_window, gather_window)
 
 
 def center_crop(image: tf.Tensor, margin: int) -> tf.Tensor:

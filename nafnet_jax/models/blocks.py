@@ -109,7 +109,7 @@ class RestorationBlock(nn.Module):
     Attributes:
       config: what the block is made of.
       tlc_kernel: the TLC box for this level's pooling, or None for global pooling.
-      dtype, param_dtype, depthwise_impl: as `Conv2d`.
+      dtype, param_dtype, depthwise_impl, platform: as `Conv2d`.
     """
 
     config: BlockConfig = NAFNET_BLOCK
@@ -117,19 +117,22 @@ class RestorationBlock(nn.Module):
     dtype: Optional[Any] = None
     param_dtype: Any = jnp.float32
     depthwise_impl: str = "auto"
+    platform: Optional[str] = None
 
     @nn.compact
     def __call__(self, inp: Array) -> Array:
         cfg = self.config
         c = inp.shape[-1]
-        inp = cotangent_fusion_barrier(inp)  # materialise the residual cotangent once (XLA:CPU)
+        if self.platform == "cpu":
+            inp = cotangent_fusion_barrier(inp)  # materialise the residual cotangent once (XLA:CPU)
         conv = functools.partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(channel_layer_norm, dtype=self.dtype, param_dtype=self.param_dtype)
 
         x = norm("norm1")(inp) if cfg.norm else inp
         d = c * cfg.dw_expand
         x = conv(d, name="conv1")(x)
-        x = conv(d, (3, 3), padding=1, groups=d, depthwise_impl=self.depthwise_impl, name="conv2")(x)
+        x = conv(d, (3, 3), padding=1, groups=d, depthwise_impl=self.depthwise_impl, platform=self.platform,
+                 name="conv2")(x)
         x = activate(x, cfg.activation)
         x = self._channel_attention(x, conv)
         x = conv(c, name="conv3")(x)

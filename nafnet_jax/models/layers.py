@@ -42,18 +42,26 @@ def torch_bias_init(fan_in: int) -> Initializer:
     return init
 
 
-def resolve_depthwise_impl(impl: str) -> str:
-    """Maps 'auto' to the fastest exact depthwise formulation for the backend.
+PLATFORMS = (None, "cpu", "gpu", "tpu")
 
-    Measured by `nafnet_jax.bench` (docs/benchmarks.md): on CPU XLA's grouped
-    convolution is slow, nine shifted multiply-adds are faster; on GPU and TPU
-    XLA's grouped convolution is the better kernel.
+
+def resolve_depthwise_impl(impl: str, platform: Optional[str] = None) -> str:
+    """Maps 'auto' to the depthwise formulation for the platform a step is compiled for.
+
+    `platform` is that of the devices the step runs on (`partitioning.mesh_platform`),
+    never the process's default backend: a step compiled for TPU from a CPU host
+    gets the TPU choice. On CPU XLA's grouped convolution is slow and nine shifted
+    multiply-adds are faster (docs/benchmarks.md); on GPU and TPU, and for a model
+    built for no particular platform (None), XLA's grouped convolution, which
+    supports every transformation (jvp included).
     """
     if impl not in DEPTHWISE_IMPLS:
         raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
     if impl != "auto":
         return impl
-    return "shifted" if jax.default_backend() == "cpu" else "xla"
+    return "shifted" if platform == "cpu" else "xla"
 
 
 def _accumulation_dtype(dtype: Dtype) -> Dtype:
@@ -124,14 +132,49 @@ def _depthwise_shifted_fwd(x: Array, kernel: Array):
     return _shifted_multiply_add(x, kernel), (x, kernel)
 
 
-def _depthwise_shifted_bwd(residuals, g: Array):
-    x, kernel = residuals
-    dx = _shifted_multiply_add(g.astype(x.dtype), kernel[::-1, ::-1])
-    dkernel = _shifted_kernel_grad(x, g).astype(kernel.dtype)
-    return dx, dkernel
+def _depthwise_shifted_bwd_with(kernel_grad: Callable[[Array, Array], Array]):
+    def bwd(residuals, g: Array):
+        x, kernel = residuals
+        dx = _shifted_multiply_add(g.astype(x.dtype), kernel[::-1, ::-1])
+        return dx, kernel_grad(x, g).astype(kernel.dtype)
+
+    return bwd
 
 
-depthwise_conv3x3_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
+depthwise_conv3x3_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd_with(_shifted_kernel_grad))
+
+
+def _tap_sums_kernel_grad(x: Array, g: Array) -> Array:
+    """dL/dkernel as nine per-tap sums over N, H, W of shifted pad(x) * g (float32 accumulation).
+
+    The TPU formulation: XLA:TPU fuses each product into its reduction and reads the
+    maps in their W-minor layout. The row-sum formulation above (the CPU one) made
+    it materialise nine float32 products and copy each to another layout.
+    """
+    _, h, w, c = x.shape
+    acc = _accumulation_dtype(x.dtype)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    g = g.astype(acc)
+    taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(acc) * g, axis=(0, 1, 2))
+            for i in range(3) for j in range(3)]
+    return jnp.stack(taps).reshape(3, 3, 1, c)
+
+
+@jax.custom_vjp
+def depthwise_conv3x3_shifted_tpu(x: Array, kernel: Array) -> Array:
+    """`depthwise_conv3x3_shifted` with the kernel gradient as nine fused per-tap sums.
+
+    What `Conv2d` uses for `depthwise_impl='shifted'` on TPU. XLA:TPU runs its
+    grouped convolution channel-minor, so 32/64-channel maps are padded to 128
+    lanes and copied between layouts around every depthwise conv; the shifted
+    multiply-adds stay in the W-minor layout of the neighbouring matmuls and
+    elementwise ops. Same values and gradients; reverse mode only (a custom_vjp).
+    """
+    return _shifted_multiply_add(x, kernel)
+
+
+depthwise_conv3x3_shifted_tpu.defvjp(_depthwise_shifted_fwd,
+                                     _depthwise_shifted_bwd_with(_tap_sums_kernel_grad))
 
 
 def _unfusible_identity(x: Array) -> Array:
@@ -160,8 +203,9 @@ def cotangent_fusion_barrier(x: Array) -> Array:
     the backward of the 28-block GoPro models did quadratic work: 12 s a step
     at 256x256 instead of 4 s, and 3x the compile time (docs/benchmarks.md).
     Applied to each block's input, the cotangent is computed once per block.
-    Forward values and gradients are unchanged; on other backends it is a plain
-    identity. Reverse mode only (a custom_vjp), like the shifted depthwise conv.
+    Forward values and gradients are unchanged. Applied only in a model built
+    for CPU (`UNet.platform='cpu'`, which the trainer sets from its mesh); reverse
+    mode only (a custom_vjp), like the shifted depthwise conv.
     """
     return x
 
@@ -171,7 +215,7 @@ def _cotangent_barrier_fwd(x: Array):
 
 
 def _cotangent_barrier_bwd(_, g: Array):
-    return (_unfusible_identity(g) if jax.default_backend() == "cpu" else g,)
+    return (_unfusible_identity(g),)
 
 
 cotangent_fusion_barrier.defvjp(_cotangent_barrier_fwd, _cotangent_barrier_bwd)
@@ -218,6 +262,12 @@ class Conv2d(nn.Module):
       dtype: compute dtype (None: from the input/params).
       param_dtype: parameter dtype.
       depthwise_impl: 'xla', 'shifted' or 'auto' (see `resolve_depthwise_impl`).
+        On TPU, 'shifted' is `depthwise_conv3x3_shifted_tpu`: fewer HBM bytes per
+        training step than XLA's grouped conv (docs/benchmarks.md, TPU section).
+      platform: the platform the model is compiled for ('auto' resolves by it).
+        With platform='cpu', 'auto' picks 'shifted', whose hand-written VJP
+        (a `custom_vjp`) supports reverse mode only: `jax.jvp`/`jax.jacfwd`
+        raise. `depthwise_impl='xla'` (or platform=None) opts out.
     """
 
     features: int
@@ -229,6 +279,7 @@ class Conv2d(nn.Module):
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    platform: Optional[str] = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -249,8 +300,9 @@ class Conv2d(nn.Module):
         elif kh == kw == self.strides and self.groups == 1 and self.padding == 0:
             y = patchify_conv(x, kernel)
         elif (depthwise and (kh, kw) == (3, 3) and self.strides == 1 and self.padding == 1
-              and resolve_depthwise_impl(self.depthwise_impl) == "shifted"):
-            y = depthwise_conv3x3_shifted(x, kernel)
+              and resolve_depthwise_impl(self.depthwise_impl, self.platform) == "shifted"):
+            shifted = depthwise_conv3x3_shifted_tpu if self.platform == "tpu" else depthwise_conv3x3_shifted
+            y = shifted(x, kernel)
         else:
             p = self.padding
             y = lax.conv_general_dilated(
@@ -296,6 +348,14 @@ def pixel_shuffle(x: Array, r: int) -> Array:
 def tlc_pool(x: Array, kernel: Optional[Tuple[int, int]]) -> Array:
     """Test-time local converter pool (local_arch.AvgPool2d, fast_imp=False).
 
+    The integral image is accumulated in float32 whatever the compute dtype
+    (float64 stays float64) and the result is cast back to x's dtype: in
+    bfloat16, a 720x1280 map sums to ~1e5, where one bfloat16 step is ~512, and
+    the four-corner difference of a bfloat16 integral image is off by 10% and
+    more. The per-image, per-channel mean is subtracted before the cumsum and
+    added back after (a box mean commutes with a constant shift), so the
+    running sums stay near zero and the corner differences cancel little.
+
     Args:
       x: (N, H, W, C).
       kernel: the (kh, kw) box fixed at 1.5x this level's training feature size,
@@ -304,15 +364,20 @@ def tlc_pool(x: Array, kernel: Optional[Tuple[int, int]]) -> Array:
       (N, 1, 1, C) when the box covers the whole map (the global mean, identical
       to AdaptiveAvgPool2d(1)), else (N, H, W, C): the local box mean computed by
       an integral image, edge-replicated back to (H, W) with (k-1)//2 before and
-      k//2 after, as the original.
+      k//2 after, as the original. Both in x's dtype.
     """
     n, h, w, c = x.shape
     if kernel is None or (kernel[0] >= h and kernel[1] >= w):
-        return jnp.mean(x, axis=(1, 2), keepdims=True)
+        return jnp.mean(x, axis=(1, 2), keepdims=True)  # jnp.mean sums bfloat16 in float32
     k1, k2 = min(h, kernel[0]), min(w, kernel[1])
-    s = jnp.cumsum(jnp.cumsum(x, axis=2), axis=1)
+    xa = x.astype(_accumulation_dtype(x.dtype))
+    # The result does not depend on the offset (d/d offset = 1 - box mean of 1 = 0), so no
+    # gradient needs to flow through it.
+    offset = lax.stop_gradient(jnp.mean(xa, axis=(1, 2), keepdims=True))
+    s = jnp.cumsum(jnp.cumsum(xa - offset, axis=2), axis=1)
     s = jnp.pad(s, ((0, 0), (1, 0), (1, 0), (0, 0)))
-    out = (s[:, k1:, k2:] + s[:, :-k1, :-k2] - s[:, :-k1, k2:] - s[:, k1:, :-k2]) / (k1 * k2)
+    box = (s[:, k1:, k2:] + s[:, :-k1, :-k2] - s[:, :-k1, k2:] - s[:, k1:, :-k2]) / (k1 * k2)
+    out = (box + offset).astype(x.dtype)
     oh, ow = out.shape[1:3]
     pad = ((0, 0), ((h - oh) // 2, (h - oh + 1) // 2), ((w - ow) // 2, (w - ow + 1) // 2), (0, 0))
     return jnp.pad(out, pad, mode="edge")

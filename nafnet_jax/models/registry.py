@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import jax.numpy as jnp
 
@@ -54,15 +54,18 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
            "float64": jnp.float64}
 
 
-def build_model(model_config: Mapping[str, Any]) -> UNet:
+def build_model(model_config: Mapping[str, Any], platform: Optional[str] = None) -> UNet:
     """Builds a model from a config mapping (a config file's `config.model`).
 
     Keys: `name` (a published model, or None/'' for a custom one) plus any
     `UNet` attribute as an override; `block` may be a dict of `BlockConfig`
     fields; `dtype`/`param_dtype` may be strings ('bfloat16'). Unknown keys raise
-    an error naming them.
+    an error naming them. `platform` is that of the devices the model will run
+    on (see `UNet.platform`); None builds the portable model.
     """
     cfg = dict(model_config)
+    if platform is not None:
+        cfg["platform"] = platform
     name = cfg.pop("name", None)
     for key in ("dtype", "param_dtype"):
         if isinstance(cfg.get(key), str):

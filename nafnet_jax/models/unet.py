@@ -36,6 +36,17 @@ class UNet(nn.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); None keeps the input's.
       param_dtype: parameter dtype.
       depthwise_impl: depthwise 3x3 formulation ('auto', 'xla', 'shifted').
+      platform: the platform the model is compiled for ('cpu', 'gpu', 'tpu'), set
+        from the mesh's devices by the trainer, inference and benchmarks (see
+        `for_platform`). None (the default) is the portable model: no
+        device-specific formulation, every JAX transformation (jvp too) works.
+        'cpu' selects two XLA:CPU speed workarounds (the shifted depthwise conv
+        and a cotangent fusion barrier at each block input; docs/benchmarks.md
+        has their speed-up). Values and gradients are unchanged, but both are
+        `custom_vjp`s, so that model is reverse mode only (grad, vjp, remat):
+        `jax.jvp`, `jax.jacfwd` and forward-over-reverse Hessians raise. To opt
+        out, use the portable model (platform=None, `for_platform(model, None)`);
+        `depthwise_impl='xla'` drops the shifted conv only, the barrier stays.
       remat: rematerialise each block in the backward pass (memory for compute).
     """
 
@@ -49,6 +60,7 @@ class UNet(nn.Module):
     dtype: Optional[Any] = None
     param_dtype: Any = jnp.float32
     depthwise_impl: str = "auto"
+    platform: Optional[str] = None
     remat: bool = False
 
     def setup_check(self) -> None:
@@ -75,7 +87,7 @@ class UNet(nn.Module):
         conv = functools.partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         block_cls = nn.remat(RestorationBlock) if self.remat else RestorationBlock
         block = functools.partial(block_cls, self.block, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  depthwise_impl=self.depthwise_impl)
+                                  depthwise_impl=self.depthwise_impl, platform=self.platform)
 
         inp = pad_to_multiple(x, 2 ** levels)
         x = conv(self.width, (3, 3), padding=1, name="intro")(inp)
@@ -98,6 +110,11 @@ class UNet(nn.Module):
         x = conv(self.img_channel, (3, 3), padding=1, name="ending")(x)
         x = x + inp
         return x[:, :h, :w, :]
+
+
+def for_platform(model: UNet, platform: Optional[str]) -> UNet:
+    """The same model (same parameters) specialised for the platform a step is compiled for."""
+    return model.clone(platform=platform)
 
 
 def NAFNet(width: int = 16, enc_blk_nums: Sequence[int] = (), middle_blk_num: int = 1,

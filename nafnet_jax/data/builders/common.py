@@ -31,11 +31,15 @@ class PairedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=self.DESCRIPTION, features=pair_features(),
+            builder=self, description=self.DESCRIPTION, features=self._features(),
             supervised_keys=('lq', 'gt'), homepage=self.HOMEPAGE or None,
             citation=self.CITATION or None,
             # Name order: evaluation order is stable and readable; training permutes by index.
             disable_shuffling=True)
+
+    def _features(self) -> tfds.features.FeaturesDict:
+        """The stored features (PNG pairs); builders storing another form override it."""
+        return pair_features()
 
     def _generate_examples(self, pairs: Sequence[Pair], what: str = '',
                            same_image: bool = False) -> Iterator[tuple[int, dict]]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-from nafnet_jax.data.builders.common import PairedImageBuilder, find_root, warn_count
+from nafnet_jax.data.builders import examples
+from nafnet_jax.data.builders.common import find_root, warn_count
+from nafnet_jax.data.builders.streaming import SplitPlan, StreamingBuilder, WorkItem, file_key
 from nafnet_jax.data.images import BadDataError, Pair, pair_folders
 
 SPLITS = {'train': 24000, 'validation': 300}
@@ -47,7 +49,7 @@ def split_pairs(root: str, split: str) -> list[Pair]:
     return pairs
 
 
-class Reds(PairedImageBuilder):
+class Reds(StreamingBuilder):
     """REDS blur_jpeg/sharp pairs from a manual download."""
 
     DESCRIPTION = ('REDS deblurring, blur_jpeg track: JPEG-compressed blurred frames (lq, stored '
@@ -60,11 +62,13 @@ class Reds(PairedImageBuilder):
         'Download train_blur_jpeg, train_sharp, val_blur_jpeg and val_sharp from '
         f'https://seungjunnah.github.io/Datasets/reds and extract them as {_EXPECTED}.')
 
-    def _split_generators(self, dl_manager):
+    def _split_plans(self, dl_manager) -> dict[str, SplitPlan]:
         root = find_root(dl_manager.manual_dir, ('', 'REDS'), _is_root, _EXPECTED)
-        generators = {}
+        plans = {}
         for split, expected in SPLITS.items():
             pairs = split_pairs(root, split)
             warn_count(self.name, split, len(pairs), expected)
-            generators[split] = self._generate_examples(pairs, split)
-        return generators
+            # ~3.5 MB of PNG per pair: shards of ~0.9 GB
+            plans[split] = SplitPlan([WorkItem(file_key(p.name, p.lq, p.gt), p) for p in pairs],
+                                     examples.png_pair, items_per_shard=256)
+        return plans

@@ -1,18 +1,27 @@
 """SIDD-Medium sRGB denoising (Abdelhamed et al., CVPR 2018): full-size train pairs and the 1280
 256x256 validation blocks of ValidationNoisyBlocksSrgb.mat / ValidationGtBlocksSrgb.mat.
+
+Configs: `sidd/frames` (default) stores the 320 train images (12-16 MP) as PNG; `sidd/patches512`
+stores the original's training patches (512x512 with step 384: 88 or 112 per image, named
+<image>_s001...) and the validation blocks as raw uint8.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from typing import Iterator
 
 import numpy as np
 
-from nafnet_jax.data.builders.common import PairedImageBuilder, find_root, warn_count
-from nafnet_jax.data.images import BadDataError, Pair, encode_png, match_pairs
+from nafnet_jax.data.builders import examples
+from nafnet_jax.data.builders.common import find_root, pair_features, warn_count
+from nafnet_jax.data.builders.streaming import (PairsConfig, SplitPlan, StreamingBuilder,
+                                                WorkItem, file_key, raw_pair_features)
+from nafnet_jax.data.images import BadDataError, DataReport, Pair, encode_png, match_pairs
+from nafnet_jax.data.patches import SIDD_PATCHES
 
 SPLITS = {'train': 320, 'validation': 1280}
 MAT_FILES = {'lq': 'ValidationNoisyBlocksSrgb.mat', 'gt': 'ValidationGtBlocksSrgb.mat'}
@@ -128,8 +137,13 @@ def find_mat(manual_dir: str, root: str, which: str) -> str:
                        f'blocks; expected in {manual_dir} or {root})')
 
 
-def validation_examples(lq_path: str, gt_path: str) -> Iterator[tuple[int, dict]]:
-    """The 1280 blocks as 'ValidationBlocksSrgb_<i>', i = image * blocks + block (the original)."""
+def validation_examples(lq_path: str, gt_path: str, raw: bool = False
+                        ) -> Iterator[tuple[int, dict]]:
+    """The 1280 blocks as 'ValidationBlocksSrgb_<i>', i = image * blocks + block (the original).
+
+    raw=False: PNG bytes; raw=True: uint8 arrays.
+    """
+    encode = (lambda block: block) if raw else encode_png
     with contextlib.ExitStack() as stack:
         lq, gt = MatBlocks(lq_path), MatBlocks(gt_path)
         stack.callback(lq.close)
@@ -141,13 +155,27 @@ def validation_examples(lq_path: str, gt_path: str) -> Iterator[tuple[int, dict]
         for i in range(images):
             for j in range(blocks):
                 name = f'ValidationBlocksSrgb_{i * blocks + j}'
-                yield i * blocks + j, {'lq': encode_png(lq.block(i, j)), 'gt': encode_png(gt.block(i, j)),
-                             'name': name}
+                yield i * blocks + j, {'lq': encode(lq.block(i, j)),
+                                       'gt': encode(gt.block(i, j)), 'name': name}
 
 
-class Sidd(PairedImageBuilder):
+def validation_blocks(mat_paths: tuple[str, str, bool], report: DataReport
+                      ) -> Iterator[tuple[str, dict]]:
+    """Work-item function of the validation split: (lq .mat, gt .mat, raw) -> named blocks."""
+    del report  # the .mat blocks are uint8 RGB: nothing is converted
+    for _, example in validation_examples(*mat_paths):
+        yield example['name'], example
+
+
+class Sidd(StreamingBuilder):
     """SIDD-Medium sRGB pairs and validation blocks from a manual download."""
 
+    BUILDER_CONFIGS = [
+        PairsConfig(name='frames', description='Whole train images, PNG.'),
+        PairsConfig(name='patches512', patches=SIDD_PATCHES,
+                    description='Train: the original\'s 512x512 patches (step 384, named '
+                                '<image>_s001...); validation: the blocks. Raw uint8.'),
+    ]
     DESCRIPTION = ('SIDD-Medium sRGB smartphone denoising: noisy (lq) and ground-truth (gt) '
                    'images; validation: 1280 256x256 blocks.')
     HOMEPAGE = 'https://abdokamel.github.io/sidd/'
@@ -159,11 +187,25 @@ class Sidd(PairedImageBuilder):
         '.mat, ValidationGtBlocksSrgb.mat) from https://abdokamel.github.io/sidd/ and extract '
         f'them as {_EXPECTED}. Both old-style and v7.3 (HDF5) .mat files are read.')
 
-    def _split_generators(self, dl_manager):
+    def _features(self):
+        return raw_pair_features() if self.builder_config.patches else pair_features()
+
+    def _split_plans(self, dl_manager) -> dict[str, SplitPlan]:
         manual_dir = os.fspath(dl_manager.manual_dir)
         root = find_root(manual_dir, ('', 'SIDD_Medium_Srgb', 'SIDD'), _is_root, _EXPECTED)
         pairs = train_pairs(root)
         warn_count(self.name, 'train', len(pairs), SPLITS['train'])
         lq_mat, gt_mat = find_mat(manual_dir, root, 'lq'), find_mat(manual_dir, root, 'gt')
-        return {'train': self._generate_examples(pairs, 'train'),
-                'validation': validation_examples(lq_mat, gt_mat)}
+        grid = self.builder_config.patches
+        items = [WorkItem(file_key(p.name, p.lq, p.gt), p) for p in pairs]
+        if grid is None:  # ~60 MB of PNG per pair: shards of ~1 GB
+            train = SplitPlan(items, examples.png_pair, items_per_shard=16)
+        else:  # 88-112 raw patch pairs, 140-180 MB per image: shards of ~1 GB
+            train = SplitPlan(items, functools.partial(examples.raw_patches, grid),
+                              items_per_shard=6)
+        # One item streaming all blocks from the .mat files, in this process (a v5 file is
+        # loaded whole: once, not once per worker).
+        blocks = WorkItem(file_key('validation_blocks', lq_mat, gt_mat),
+                          (lq_mat, gt_mat, grid is not None))
+        validation = SplitPlan([blocks], validation_blocks, items_per_shard=1, parallel=False)
+        return {'train': train, 'validation': validation}

@@ -1,14 +1,14 @@
-"""A stand-in `torchvision` so that spandrel imports without the real one.
+"""A stand-in `torchvision` so that spandrel imports where the real one does not.
 
-The installed torchvision is broken (its import fails: `operator torchvision::nms
-does not exist`, a build mismatch with torch 2.13). spandrel imports
-torchvision at package import time, but only two architectures we never use call
-it (LaMa: `rotate`, `InterpolationMode`; RestoreFormer: `normalize`). NAFNet's
-architecture file needs nothing from it.
+spandrel imports torchvision when its package is imported, but only two
+architectures nafnet_jax never uses call it (LaMa: `rotate`, `InterpolationMode`;
+RestoreFormer: `normalize`); NAFNet's architecture file needs nothing from it.
+Some environments have a torchvision that fails to import (this project's: a
+build mismatch with torch 2.13, "operator torchvision::nms does not exist").
 
 Call `install_torchvision_stub()` before the first `import spandrel`. The fake
-functions raise if anything ever calls them, so a test cannot silently run
-through the stand-in.
+functions raise if anything calls them, so nothing can silently run through the
+stand-in.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _STUB_MARKER = "__nafnet_jax_stub__"
 def _unavailable(name: str):
     def fn(*args, **kwargs):
         raise NotImplementedError(
-            f"torchvision.transforms.functional.{name} is a test stand-in (tests/torch_stubs.py); "
+            f"torchvision.transforms.functional.{name} is a stand-in (nafnet_jax.torch_reference); "
             "the real torchvision is not importable in this environment")
 
     fn.__name__ = name
