@@ -119,9 +119,29 @@ def summarize(per_image: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_ssim(kind: str, crop_border: int, test_y_channel: bool) -> Callable[..., jax.Array]:
-    """One jitted SSIM per setting, kept across evaluate() calls (periodic validation)."""
+    """One jitted SSIM per setting, kept across calls (periodic validation)."""
     return jax.jit(functools.partial(metrics.ssim_jax, kind=kind, crop_border=crop_border,
                                      test_y_channel=test_y_channel))
+
+
+def score_image(restored: np.ndarray, gt: np.ndarray, eval_config: Mapping[str, Any],
+          device: Optional[jax.Device] = None) -> Dict[str, Any]:
+    """PSNR (host, float64) and SSIM (jitted, float32 on `device`) of one image under the eval protocol.
+
+    'ssim' is a not yet fetched scalar `jax.Array`, so that the SSIMs of a batch's images run on
+    their devices at the same time; `float()` it.
+    """
+    protocol, crop = eval_config["protocol"], int(eval_config["crop_border"])
+    y_only = bool(eval_config["test_y_channel"])
+    if restored.shape != gt.shape:
+        raise ValueError(f"restored {restored.shape} vs ground truth {gt.shape}")
+    a, peak = metrics.prepare(restored, protocol)
+    b, _ = metrics.prepare(gt, protocol)
+    device = device or jax.local_devices()[0]
+    ssim_fn = _jitted_ssim(eval_config["ssim"], crop, y_only)
+    return {"psnr": metrics.psnr(a, b, peak=peak, crop_border=crop, test_y_channel=y_only),
+            "ssim": ssim_fn(jax.device_put(a.astype(np.float32), device),
+                            jax.device_put(b.astype(np.float32), device), peak=jnp.float32(peak))}
 
 
 def make_restorer(apply_fn: inference.ApplyFn, params: Any, eval_config: Mapping[str, Any], align: int = 16,
@@ -157,11 +177,8 @@ def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterab
       'psnr', 'ssim', 'height', 'width'}, ...]} for this process's images.
     """
     check_eval_config(eval_config)
-    protocol, kind = eval_config["protocol"], eval_config["ssim"]
-    crop, y_only = int(eval_config["crop_border"]), bool(eval_config["test_y_channel"])
     if restorer is None:
         restorer = make_restorer(apply_fn, params, eval_config, align, devices)
-    ssim_fn = _jitted_ssim(kind, crop, y_only)
     metric_device = jax.local_devices()[0]
 
     bar = None
@@ -175,13 +192,8 @@ def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterab
         for item, out in zip(group, restored):
             if out.shape != item["gt"].shape:
                 raise ValueError(f"{item['name']}: restored {out.shape} vs ground truth {item['gt'].shape}")
-            a, peak = metrics.prepare(out, protocol)
-            b, _ = metrics.prepare(item["gt"], protocol)
-            record = {"name": item["name"],
-                      "psnr": metrics.psnr(a, b, peak=peak, crop_border=crop, test_y_channel=y_only),
-                      "ssim": float(ssim_fn(jax.device_put(a.astype(np.float32), metric_device),
-                                            jax.device_put(b.astype(np.float32), metric_device),
-                                            peak=jnp.float32(peak))),
+            scores = score_image(out, item["gt"], eval_config, metric_device)
+            record = {"name": item["name"], "psnr": scores["psnr"], "ssim": float(scores["ssim"]),
                       "height": int(out.shape[0]), "width": int(out.shape[1])}
             per_image.append(record)
             if on_result is not None:
@@ -391,6 +403,7 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
     return {**result, **settings}
 
 
-__all__ = ["default_eval_config", "check_eval_config", "make_restorer", "evaluate", "gather_results", "summarize",
+__all__ = ["default_eval_config", "check_eval_config", "make_restorer", "evaluate", "score_image",
+           "gather_results", "summarize",
            "architecture_differences", "folder_pairs", "FolderDataset", "resolve_model", "write_reports",
            "run_eval", "PARAMETER_FIELDS", "existing_outputs", "refuse_existing_outputs"]

@@ -24,7 +24,6 @@ as `evaluate.evaluate` does. Per-process sums are combined with one all-gather.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -33,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nafnet_jax import metrics, partitioning
-from nafnet_jax.evaluate import check_eval_config
+from nafnet_jax.evaluate import check_eval_config, score_image
 from nafnet_jax.inference import bucket_shape, dihedral, dihedral_inverse, pad_bottom_right
 
 Shape = Tuple[int, int]
@@ -189,32 +188,6 @@ def _local_rows(x: jax.Array, count: int) -> List[Tuple[np.ndarray, jax.Device]]
     return rows[:count]
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_ssim(kind: str, crop_border: int, test_y_channel: bool) -> Callable[..., jax.Array]:
-    return jax.jit(functools.partial(metrics.ssim_jax, kind=kind, crop_border=crop_border,
-                                     test_y_channel=test_y_channel))
-
-
-def score(restored: np.ndarray, gt: np.ndarray, eval_config: Mapping[str, Any],
-          device: Optional[jax.Device] = None) -> Dict[str, Any]:
-    """PSNR (host, float64) and SSIM (jitted, float32 on `device`) of one image, as `evaluate` scores it.
-
-    'ssim' is a not yet fetched scalar `jax.Array`, so that the SSIMs of a batch's images run on
-    their devices at the same time; `float()` it.
-    """
-    protocol, crop = eval_config["protocol"], int(eval_config["crop_border"])
-    y_only = bool(eval_config["test_y_channel"])
-    if restored.shape != gt.shape:
-        raise ValueError(f"restored {restored.shape} vs ground truth {gt.shape}")
-    a, peak = metrics.prepare(restored, protocol)
-    b, _ = metrics.prepare(gt, protocol)
-    device = device or jax.local_devices()[0]
-    ssim_fn = _jitted_ssim(eval_config["ssim"], crop, y_only)
-    return {"psnr": metrics.psnr(a, b, peak=peak, crop_border=crop, test_y_channel=y_only),
-            "ssim": ssim_fn(jax.device_put(a.astype(np.float32), device),
-                            jax.device_put(b.astype(np.float32), device), peak=jnp.float32(peak))}
-
-
 def input_psnr(lq: np.ndarray, gt: np.ndarray, eval_config: Mapping[str, Any]) -> float:
     """PSNR of the degraded input itself under the protocol (the 'do nothing' baseline)."""
     protocol, crop = eval_config["protocol"], int(eval_config["crop_border"])
@@ -255,7 +228,7 @@ def validate(restorer: MeshRestorer, params: Any, dataset: Iterable[Mapping[str,
         for item, lq, (out, device) in zip(group, lqs, outs):
             gt = np.asarray(item["gt"], np.float32)
             try:
-                records.append({"name": _name(item), **score(out, gt, eval_config, device)})
+                records.append({"name": _name(item), **score_image(out, gt, eval_config, device)})
             except ValueError as e:
                 raise ValueError(f"{_name(item)}: {e}") from None
             if with_input:
@@ -353,4 +326,4 @@ class Validator:
 
 __all__ = ["MeshRestorer", "Validator", "allgather_agree", "check_validation_config", "choose_shape",
            "input_psnr", "local_agree",
-           "schedule", "score", "side_by_side", "sum_over_processes", "validate"]
+           "schedule", "side_by_side", "sum_over_processes", "validate"]
