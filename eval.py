@@ -47,7 +47,8 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 def preflight_checks() -> None:
     """Everything about the inputs and the output folder, checked before any work."""
-    from nafnet_jax import checkpointing, evaluate
+    from nafnet_jax.training import checkpointing
+    from nafnet_jax.evaluation import evaluate
 
     config = FLAGS.config
     evaluate.check_eval_config(config.eval if "eval" in config else evaluate.default_eval_config())
@@ -72,7 +73,7 @@ def main(argv) -> int:
     cli.quiet_tensorflow()
     with cli.preflight():
         preflight_checks()
-    from nafnet_jax.evaluate import run_eval
+    from nafnet_jax.evaluation.evaluate import run_eval
 
     cli.initialize_distributed()
     result = run_eval(FLAGS.config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,

@@ -45,7 +45,7 @@ def main(argv) -> int:
         check_data(config.data, images=FLAGS.check_images, need_eval=bool(config.train.eval_every))
         cli.check_output_dir(FLAGS.workdir, "--workdir")
     cli.initialize_distributed()
-    from nafnet_jax.trainer import train_and_evaluate
+    from nafnet_jax.training.trainer import train_and_evaluate
 
     result = train_and_evaluate(config, FLAGS.workdir)
     if result.get("interrupted"):

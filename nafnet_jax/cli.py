@@ -77,7 +77,7 @@ def error_message(error: BaseException) -> str:
 
 def exit_status(error: BaseException) -> int:
     """EXIT_USAGE for input errors found before work started (and model/checkpoint mismatches)."""
-    from nafnet_jax import checkpointing  # light: no jax work at import
+    from nafnet_jax.training import checkpointing  # light: no jax work at import
     if isinstance(error, (UsageError, checkpointing.ModelMismatchError, checkpointing.MissingEntryError,
                           checkpointing.NoIntactCheckpointError)):
         return EXIT_USAGE

@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from nafnet_jax.losses import LOSSES
+from nafnet_jax.training.losses import LOSSES
 from nafnet_jax.models.blocks import ACTIVATIONS, ATTENTIONS
-from nafnet_jax.train_step import NONFINITE_POLICIES
+from nafnet_jax.training.step import NONFINITE_POLICIES
 
 
 def model_config(width: int = 32, enc_blk_nums: Sequence[int] = (1, 1, 1, 28), middle_blk_num: int = 1,
@@ -45,7 +45,7 @@ def model_config(width: int = 32, enc_blk_nums: Sequence[int] = (1, 1, 1, 28), m
 def base_config() -> ml_collections.ConfigDict:
     """All keys with the original's common settings (NAFNET.md 2.2)."""
     from nafnet_jax.data import default_data_config
-    from nafnet_jax.evaluate import default_eval_config
+    from nafnet_jax.evaluation.evaluate import default_eval_config
 
     config = ml_collections.ConfigDict()
     config.seed = 42

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from nafnet_jax import aot
-from nafnet_jax.chips import CHIPS, chip_for_topology
+from nafnet_jax.tools import aot
+from nafnet_jax.tools.chips import CHIPS, chip_for_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -105,7 +105,7 @@ def _tiny_overrides(extra=()):
 
 def _run_aot(args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "nafnet_jax.aot", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "nafnet_jax.tools.aot", *args], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, f"nafnet-aot failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

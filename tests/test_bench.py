@@ -1,4 +1,4 @@
-"""`nafnet-bench` (nafnet_jax/bench/): that it times the trainer's own step, and what its rows report.
+"""`nafnet-bench` (nafnet_jax/tools/bench/): that it times the trainer's own step, and what its rows report.
 
 Tiny models and a few steps only: these check fields, units and what is run, never speed.
 """
@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nafnet_jax import bench, torch_reference
-from nafnet_jax.bench import cases as bench_cases
-from nafnet_jax.bench import cli, jax_bench, report, timing
+from nafnet_jax.tools import bench
+from nafnet_jax import torch_reference
+from nafnet_jax.tools.bench import cases as bench_cases
+from nafnet_jax.tools.bench import cli, jax_bench, report, timing
 from nafnet_jax.models import ABLATION_LADDER, NAFNET_BLOCK, UNet, baseline_block, tlc_pool
-from nafnet_jax.train_setup import build_train_setup
+from nafnet_jax.training.setup import build_train_setup
 
 # spandrel's copy of the original LayerNorm2d uses the deprecated ctx.saved_variables
 pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")
@@ -178,10 +179,10 @@ def test_a_failed_row_fills_every_table_column():
 
 
 def test_cli_data_parallel_run_writes_jsonl_markdown_and_a_trace(tiny_config, tmp_path):
-    """`python -m nafnet_jax.bench` on two simulated CPU devices: one row per mode, a table row each,
+    """`python -m nafnet_jax.tools.bench` on two simulated CPU devices: one row per mode, a table row each,
     and a jax.profiler trace of the profiled steps."""
     out, trace = tmp_path / "rows.jsonl", tmp_path / "trace"
-    cmd = [sys.executable, "-m", "nafnet_jax.bench", "--config", tiny_config, "--mode", "forward,train",
+    cmd = [sys.executable, "-m", "nafnet_jax.tools.bench", "--config", tiny_config, "--mode", "forward,train",
            "--host_device_count", "2", "--num_devices", "2", "--jsonl", str(out), "--markdown",
            "--profile_dir", str(trace), "--profile_steps", "2", *TIMING]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -198,7 +199,7 @@ def test_cli_data_parallel_run_writes_jsonl_markdown_and_a_trace(tiny_config, tm
 
 def test_bench_and_torch_reference_import_without_torch():
     """The package and the PyTorch reference load torch only when a PyTorch row or model is asked for."""
-    code = ("import sys; import nafnet_jax.bench, nafnet_jax.bench.cli, nafnet_jax.torch_reference; "
+    code = ("import sys; import nafnet_jax.tools.bench, nafnet_jax.tools.bench.cli, nafnet_jax.torch_reference; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from nafnet_jax import convert
-from nafnet_jax.convert import (StateDictMismatchError, flax_to_torch, load_torch_checkpoint,
+from nafnet_jax.tools import convert
+from nafnet_jax.tools.convert import (StateDictMismatchError, flax_to_torch, load_torch_checkpoint,
                                 save_torch_checkpoint, torch_to_flax)
 from nafnet_jax.models import ABLATION_LADDER, Baseline, NAFNet, UNet
 from nafnet_jax import torch_reference as ref
@@ -245,7 +245,7 @@ def _tiny_published(name="NAFNet-SIDD-width32"):
 
 
 def test_cli_converts_to_orbax_and_back(tmp_path, capsys):
-    from nafnet_jax.checkpointing import load_model_checkpoint
+    from nafnet_jax.training.checkpointing import load_model_checkpoint
 
     model = _tiny_published()
     variables = _random_flax_params(model, seed=6)

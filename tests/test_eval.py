@@ -12,9 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nafnet_jax import evaluate as ev
-from nafnet_jax import image_io, metrics
-from nafnet_jax.checkpointing import save_model_checkpoint
+from nafnet_jax.evaluation import evaluate as ev
+from nafnet_jax.data import image_io
+from nafnet_jax.evaluation import metrics
+from nafnet_jax.training.checkpointing import save_model_checkpoint
 from tiny_models import tiny_model_and_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +112,7 @@ def test_summarize_of_nothing_is_nan_with_zero_count():
 def test_several_devices_give_the_same_scores_as_one():
     script = textwrap.dedent("""
         import json, numpy as np, jax
-        from nafnet_jax import evaluate as ev
+        from nafnet_jax.evaluation import evaluate as ev
         rng = np.random.default_rng(0)
         items = []
         for i, (h, w) in enumerate([(12, 14)] * 5 + [(10, 16)] * 2):   # a short group, then a new shape
@@ -175,7 +176,7 @@ def test_eval_script_on_folders_writes_metrics_csv_and_images(tmp_path, tiny_che
     lq_dir, gt_dir = _write_folders(tmp_path, [(20, 27), (20, 27)])
     (tmp_path / "cfg.py").write_text(textwrap.dedent("""
         import ml_collections
-        from nafnet_jax.evaluate import default_eval_config
+        from nafnet_jax.evaluation.evaluate import default_eval_config
         def get_config():
             return ml_collections.ConfigDict({"eval": default_eval_config()})
     """))
@@ -233,7 +234,7 @@ def test_two_processes_gather_every_images_record(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np
         jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-        from nafnet_jax import evaluate as ev
+        from nafnet_jax.evaluation import evaluate as ev
         rng = np.random.default_rng(0)
         items = []
         for i in range(5):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nafnet_jax import inference, metrics
+from nafnet_jax.evaluation import inference, metrics
 from tiny_models import tiny_model_and_params
 
 ALIGN = 2  # the tiny models have one encoder level: 2 ** 1
@@ -198,7 +198,7 @@ def test_batches_split_over_simulated_devices_match_one_device(tmp_path):
         import sys
         sys.path.insert(0, %r)
         import numpy as np, jax
-        from nafnet_jax import inference
+        from nafnet_jax.evaluation import inference
         from tiny_models import tiny_model_and_params
         assert jax.local_device_count() == 4
         model, params, _ = tiny_model_and_params(levels=1, tlc_train_size=None)

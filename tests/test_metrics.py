@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage
 from skimage.metrics import structural_similarity
 
-from nafnet_jax import metrics
+from nafnet_jax.evaluation import metrics
 
 # cv2.getGaussianKernel(11, 1.5) as printed by OpenCV (the values every SSIM port quotes).
 CV2_GAUSSIAN_11_15 = [0.00102838, 0.00759876, 0.03600077, 0.10936069, 0.21300554, 0.26601172,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from nafnet_jax.convert import torch_to_flax
+from nafnet_jax.tools.convert import torch_to_flax
 from nafnet_jax.models import (ABLATION_LADDER, Baseline, NAFNet, build_model, get_model,
                                pixel_shuffle, simple_gate, tlc_kernels, tlc_pool)
 from nafnet_jax.models.layers import Conv2d, channel_layer_norm

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from nafnet_jax import partitioning
+from nafnet_jax.training import partitioning
 from nafnet_jax.config import base_config, validate_config
 from trainer_helpers import REPO, train_env
 
@@ -30,7 +30,7 @@ _FSDP_REPORT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {repo!r})
     from configs.gopro_nafnet_width64 import get_config
-    from nafnet_jax.train_setup import build_train_setup
+    from nafnet_jax.training.setup import build_train_setup
 
     def split_fraction(tree):
         total = split = 0

@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from nafnet_jax import checkpointing, cli
+from nafnet_jax.training import checkpointing
+from nafnet_jax import cli
 from tiny_models import tiny_config
 from trainer_helpers import REPO, tiny_overrides, train_command, train_env, write_pairs
 
@@ -203,7 +204,7 @@ _ORBAX_KILL = textwrap.dedent("""
     import numpy as np
     import orbax.checkpoint as ocp
     from orbax.checkpoint._src.path import atomicity
-    from nafnet_jax import checkpointing
+    from nafnet_jax.training import checkpointing
 
     directory, point = sys.argv[1], sys.argv[2]
     def die(*args, **kwargs):
@@ -264,7 +265,7 @@ TINY_SET = ["--set", "width=4", "--set", "enc_blk_nums=[1]", "--set", "middle_bl
 
 
 def _random_params(model, seed):
-    from nafnet_jax.convert import abstract_params, unflatten_params
+    from nafnet_jax.tools.convert import abstract_params, unflatten_params
     rng = np.random.default_rng(seed)
     return unflatten_params({p: rng.normal(size=s.shape).astype(s.dtype)
                              for p, s in abstract_params(model).items()})
@@ -272,7 +273,7 @@ def _random_params(model, seed):
 
 @pytest.mark.parametrize("point", ["save_model_checkpoint.written", "save_model_checkpoint.swapped"])
 def test_kill_during_convert_overwrite_keeps_a_complete_checkpoint(tmp_path, point):
-    from nafnet_jax import convert
+    from nafnet_jax.tools import convert
     model = _sidd_tiny()
     old, new = _random_params(model, 1), _random_params(model, 2)
     out = tmp_path / "converted"
@@ -280,7 +281,7 @@ def test_kill_during_convert_overwrite_keeps_a_complete_checkpoint(tmp_path, poi
                                                    "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]})
     src = tmp_path / "new.safetensors"
     convert.save_torch_checkpoint(convert.flax_to_torch(new, model), str(src))
-    command = [sys.executable, "-m", "nafnet_jax.convert", str(src), str(out), "--model", "NAFNet-SIDD-width32",
+    command = [sys.executable, "-m", "nafnet_jax.tools.convert", str(src), str(out), "--model", "NAFNet-SIDD-width32",
                *TINY_SET, "--overwrite"]
     proc = subprocess.run(command, env=dict(_child_env(), NAFNET_FAULT_POINT=point), capture_output=True,
                           text=True, timeout=300)
@@ -473,7 +474,7 @@ def _tiny_train_config(pairs, **train):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, pairs):
     """A finished 4-step run with checkpoints at steps 2 and 4, and its final parameters."""
-    from nafnet_jax.trainer import train_and_evaluate
+    from nafnet_jax.training.trainer import train_and_evaluate
     workdir = tmp_path_factory.mktemp("trained") / "run"
     train_and_evaluate(_tiny_train_config(pairs), str(workdir))
     params, _ = checkpointing.load_model_checkpoint(workdir / "checkpoints" / "4")
@@ -482,7 +483,7 @@ def trained_run(tmp_path_factory, pairs):
 
 @pytest.mark.slow  # trains 4 steps twice in this process (about a minute on a loaded 2-core machine)
 def test_training_resumes_past_a_damaged_newest_checkpoint_and_ends_identical(tmp_path, pairs, trained_run):
-    from nafnet_jax.trainer import train_and_evaluate
+    from nafnet_jax.training.trainer import train_and_evaluate
     source, final = trained_run
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
@@ -496,7 +497,7 @@ def test_training_resumes_past_a_damaged_newest_checkpoint_and_ends_identical(tm
 
 
 def test_a_rerun_refused_for_another_model_leaves_every_file_byte_identical(tmp_path, pairs):
-    from nafnet_jax.trainer import config_to_dict, train_and_evaluate
+    from nafnet_jax.training.trainer import config_to_dict, train_and_evaluate
     config = _tiny_train_config(pairs)
     workdir = _existing_run(tmp_path)
     shutil.rmtree(workdir / "checkpoints")
@@ -515,7 +516,8 @@ def test_a_rerun_refused_for_another_model_leaves_every_file_byte_identical(tmp_
 
 @_ORBAX_LOOP_NOISE
 def test_nafnet_restore_uses_the_newest_intact_step_and_says_so(tmp_path, capsys):
-    from nafnet_jax import image_io, restore
+    from nafnet_jax.data import image_io
+    from nafnet_jax.tools import restore
     from tiny_models import random_params, tiny_model_and_params
     model, params1, config = tiny_model_and_params(levels=1, tlc_train_size=None, seed=1)
     manager = checkpointing.create_manager(tmp_path / "ckpt", async_save=False)

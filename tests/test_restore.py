@@ -10,8 +10,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nafnet_jax import image_io, restore
-from nafnet_jax.checkpointing import save_model_checkpoint
+from nafnet_jax.data import image_io
+from nafnet_jax.tools import restore
+from nafnet_jax.training.checkpointing import save_model_checkpoint
 from tiny_models import tiny_model_and_params
 
 
@@ -254,8 +255,8 @@ def test_model_name_agrees_with_a_config_of_the_same_architecture():
 
 
 def _restore_model(checkpoint):
-    from nafnet_jax import inference
-    from nafnet_jax.checkpointing import load_model_checkpoint
+    from nafnet_jax.evaluation import inference
+    from nafnet_jax.training.checkpointing import load_model_checkpoint
     from nafnet_jax.models import build_model
     params, config = load_model_checkpoint(checkpoint)
     model = build_model(config)
@@ -264,7 +265,7 @@ def _restore_model(checkpoint):
 
 def test_default_mode_is_exact_mode_at_the_borders(tmp_path, checkpoint):
     """The default must stay within 1/255 of exact mode everywhere, the last rows/columns included."""
-    from nafnet_jax import inference
+    from nafnet_jax.evaluation import inference
     rgb8 = _smooth_rgb8(37, 45, seed=3)  # neither side a multiple of 16 or 64
     image_io.write_png(tmp_path / "a.png", rgb8)
     assert restore.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "default"), "--checkpoint",
@@ -306,6 +307,6 @@ def test_cli_output_folder_that_cannot_be_created_is_one_line_exit_2(tmp_path, c
 
 
 def test_module_entry_point_prints_usage():
-    proc = subprocess.run([sys.executable, "-m", "nafnet_jax.restore", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "nafnet_jax.tools.restore", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--checkpoint" in proc.stdout and "--overwrite" in proc.stdout

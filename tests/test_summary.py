@@ -10,7 +10,7 @@ import functools
 
 import pytest
 
-from nafnet_jax import summary
+from nafnet_jax.models import summary
 from nafnet_jax.models import NAFNet, get_model
 
 # NAFNET.md section 3: params (exact), conv MACs and conv+bias MACs in G (1e9) at 1x3x256x256.

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from nafnet_jax.losses import get_loss, psnr_loss
+from nafnet_jax.training.losses import get_loss, psnr_loss
 from nafnet_jax.models import NAFNet
-from nafnet_jax.optim import clip_by_global_norm_torch, cosine_schedule, create_optimizer
-from nafnet_jax.train_state import init_train_state
-from nafnet_jax.train_step import make_grad_fn, make_train_step
+from nafnet_jax.training.optim import clip_by_global_norm_torch, cosine_schedule, create_optimizer
+from nafnet_jax.training.state import init_train_state
+from nafnet_jax.training.step import make_grad_fn, make_train_step
 
 torch = pytest.importorskip("torch")
 
@@ -59,7 +59,7 @@ def _torch_two_steps(net, batches, total_steps):
 
 
 def test_two_steps_match_the_original_recipe_in_float64():
-    from nafnet_jax.convert import flax_to_torch, torch_to_flax
+    from nafnet_jax.tools.convert import flax_to_torch, torch_to_flax
 
     rng = np.random.default_rng(0)
     batches = [(rng.random((2, 20, 20, 3)), rng.random((2, 20, 20, 3))) for _ in range(2)]
@@ -218,8 +218,8 @@ def test_optax_adamw_matches_torch_adamw_decoupling():
 
 def test_step_traces_once_and_needs_no_implicit_rank_promotion():
     import chex
-    from nafnet_jax import partitioning
-    from nafnet_jax.train_step import jit_train_step
+    from nafnet_jax.training import partitioning
+    from nafnet_jax.training.step import jit_train_step
 
     model, tx, state, _ = _tiny_setup()
     mesh = partitioning.create_mesh(1)

@@ -234,7 +234,7 @@ def in_process(tmp_path_factory, dirs):
     cache = tmp_path_factory.getbasetemp() / "in_process_compile_cache"  # shared: later runs hit it
 
     def run(workdir, total_steps, extra=()):
-        from nafnet_jax.trainer import train_and_evaluate
+        from nafnet_jax.training.trainer import train_and_evaluate
         config = config_from_overrides(tiny_overrides(dirs, total_steps=total_steps, extra=[
             f"--config.train.compilation_cache_dir={cache}", "--config.train.compilation_cache_min_compile_secs=0",
             *extra]))
@@ -247,7 +247,7 @@ def in_process(tmp_path_factory, dirs):
 
 
 def test_an_exception_mid_run_still_finishes_the_async_checkpoint_and_closes(tmp_path, monkeypatch, in_process):
-    from nafnet_jax import checkpointing, trainer
+    from nafnet_jax.training import checkpointing, trainer
     calls = []
     real_create = checkpointing.create_manager
 
@@ -283,7 +283,7 @@ _TF_ERROR_TEXT = (
 
 
 def test_data_error_message_is_the_readers_line_naming_the_file():
-    from nafnet_jax.trainer import data_error_message
+    from nafnet_jax.training.trainer import data_error_message
     assert data_error_message(RuntimeError(_TF_ERROR_TEXT.replace("{path}", "/data/lq/img03.png"))) == \
         "/data/lq/img03.png: cannot decode image (OSError: image file is truncated)"
     assert data_error_message(OSError("disk gone")) == "disk gone"
@@ -295,7 +295,7 @@ def test_an_unreadable_training_image_mid_run_saves_the_last_step_and_names_the_
     import tensorflow as tf
 
     import nafnet_jax.data
-    from nafnet_jax.trainer import DataError
+    from nafnet_jax.training.trainer import DataError
     bad = pathlib.Path(tmp_path / "lq" / "img03.png")
     real_create = nafnet_jax.data.create_train_iterator
 
@@ -319,7 +319,7 @@ def test_the_compile_cache_defaults_to_the_workdir_and_none_sets_none(tmp_path, 
     from etils import epath
 
     from nafnet_jax.config import base_config
-    from nafnet_jax.trainer import configure_compilation_cache
+    from nafnet_jax.training.trainer import configure_compilation_cache
     train = base_config().train
     assert configure_compilation_cache(train, epath.Path(tmp_path)) == str(tmp_path / "compile_cache")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "compile_cache")
@@ -331,13 +331,13 @@ def test_the_compile_cache_defaults_to_the_workdir_and_none_sets_none(tmp_path, 
 # --- the stop decision (pure: no processes) ------------------------------------------------------
 
 def test_stop_flags_are_compared_every_n_steps_and_at_host_sync_steps():
-    from nafnet_jax.trainer import stop_check_due
+    from nafnet_jax.training.trainer import stop_check_due
     assert [s for s in range(1, 121) if stop_check_due(s, 50)] == [50, 100]
     assert stop_check_due(7, 50, host_sync=True)
 
 
 def test_one_process_stops_on_its_own_flag_at_once_without_a_collective():
-    from nafnet_jax.trainer import StopAgreement
+    from nafnet_jax.training.trainer import StopAgreement
 
     def no_collective(flag):
         raise AssertionError("a single process must not all-gather")
@@ -347,7 +347,7 @@ def test_one_process_stops_on_its_own_flag_at_once_without_a_collective():
 
 
 def test_several_processes_agree_only_at_sync_steps_and_stop_together():
-    from nafnet_jax.trainer import StopAgreement
+    from nafnet_jax.training.trainer import StopAgreement
     gathered = []
     other_flag = {"value": False}
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from nafnet_jax import validation
+from nafnet_jax.evaluation import validation
 
 
 def _items(shapes, seed=0):
@@ -75,7 +75,7 @@ def test_processes_run_the_same_batches_and_use_every_image_once():
 
 
 def test_tiled_eval_settings_are_refused_by_name():
-    from nafnet_jax.evaluate import default_eval_config
+    from nafnet_jax.evaluation.evaluate import default_eval_config
     config = default_eval_config()
     config.tile = 64
     with pytest.raises(ValueError, match="eval.tile=64"):
@@ -88,11 +88,11 @@ _MESH_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tiny_models import random_params
     from test_validation import _items
-    from nafnet_jax import evaluate as ev, validation
+    from nafnet_jax.evaluation import evaluate as ev, validation
     from nafnet_jax.config import base_config, model_config
-    from nafnet_jax.inference import model_apply_fn
+    from nafnet_jax.evaluation.inference import model_apply_fn
     from nafnet_jax.models import build_model
-    from nafnet_jax.train_setup import build_train_setup
+    from nafnet_jax.training.setup import build_train_setup
 
     assert jax.device_count() == 4
     # 7 images (not a multiple of 4), three padded shapes, two of them from several exact shapes.

@@ -75,8 +75,8 @@ def run_train(workdir, overrides, devices: int = 1, env_extra=None, check=True, 
 
 def final_params(workdir) -> dict:
     """The params of the latest checkpoint in a workdir, as a flat dict of numpy arrays."""
-    from nafnet_jax import checkpointing
-    from nafnet_jax.convert import flatten_params
+    from nafnet_jax.training import checkpointing
+    from nafnet_jax.tools.convert import flatten_params
 
     manager = checkpointing.create_manager(pathlib.Path(workdir) / "checkpoints", read_only=True)
     step = manager.latest_step()

@@ -12,7 +12,7 @@ Design (what makes it deterministic and resumable in O(1)):
   * So the stream is a pure function of (seed, l): starting at step N begins at l = N * B_local,
     with no replay and no iterator state to checkpoint.
 Batches hold B_local = global_batch_size // process_count pairs; the trainer places them on the
-mesh (nafnet_jax.partitioning.host_to_global).
+mesh (nafnet_jax.training.partitioning.host_to_global).
 """
 
 from __future__ import annotations

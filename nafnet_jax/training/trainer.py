@@ -17,7 +17,7 @@ How a run ends:
   * any exception: a checkpoint save in flight still completes and the
     manager, writer and data iterator are closed (`try/finally`).
 Compiled programs go to a persistent cache (`configure_compilation_cache`).
-Validation runs on the whole mesh (`nafnet_jax.validation`).
+Validation runs on the whole mesh (`nafnet_jax.evaluation.validation`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 
-from nafnet_jax import checkpointing, partitioning
+from nafnet_jax.training import checkpointing, partitioning
 from nafnet_jax.config import validate_config
-from nafnet_jax.train_setup import TrainSetup, build_train_setup
-from nafnet_jax.train_state import TrainState
-from nafnet_jax.validation import Validator, check_validation_config
+from nafnet_jax.training.setup import TrainSetup, build_train_setup
+from nafnet_jax.training.state import TrainState
+from nafnet_jax.evaluation.validation import Validator, check_validation_config
 
 # Test hook: "STEP:SIGNAL[:PROCESS]" (e.g. "3:SIGTERM") makes the trainer send itself SIGNAL right
 # after completing STEP (on every process, or only on PROCESS), so tests preempt a run at an exact
@@ -377,7 +377,7 @@ def _data_error_text(error: BaseException, completed: int, start_step: int, mana
 
 def tx_lr(config, step: int) -> float:
     """Learning rate used by update number `step` (1-based), as logged."""
-    from nafnet_jax.optim import cosine_schedule
+    from nafnet_jax.training.optim import cosine_schedule
     return float(cosine_schedule(config.optimizer.lr, config.train.total_steps,
                                  config.optimizer.eta_min)(step - 1))
 

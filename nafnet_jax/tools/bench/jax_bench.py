@@ -15,11 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import jax
 import numpy as np
 
-from nafnet_jax.bench import timing
-from nafnet_jax.bench.cases import BenchCase
-from nafnet_jax.bench.report import base_row
+from nafnet_jax.tools.bench import timing
+from nafnet_jax.tools.bench.cases import BenchCase
+from nafnet_jax.tools.bench.report import base_row
 from nafnet_jax.models.layers import resolve_depthwise_impl
-from nafnet_jax.train_setup import TrainSetup, build_train_setup
+from nafnet_jax.training.setup import TrainSetup, build_train_setup
 
 
 def input_sets(case: BenchCase, count: int, seed: int, channels: int) -> List[Dict[str, np.ndarray]]:

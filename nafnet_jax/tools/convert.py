@@ -11,10 +11,10 @@ Flax -> PyTorch (loads into the original code and spandrel with strict=True):
     state_dict = flax_to_torch(variables, model)
     save_torch_checkpoint(state_dict, "out.pth")                     # {'params': state_dict}
 
-Command line (writes an Orbax checkpoint via `nafnet_jax.checkpointing`):
+Command line (writes an Orbax checkpoint via `nafnet_jax.training.checkpointing`):
 
-    python -m nafnet_jax.convert NAFNet-GoPro-width32.pth OUT_DIR --model NAFNet-GoPro-width32
-    python -m nafnet_jax.convert --to-torch OUT_DIR out.pth
+    python -m nafnet_jax.tools.convert NAFNet-GoPro-width32.pth OUT_DIR --model NAFNet-GoPro-width32
+    python -m nafnet_jax.tools.convert --to-torch OUT_DIR out.pth
 
 All the name and layout knowledge is in `KEY_TABLE`. Conversion is strict:
 every key must map, every model parameter must be present with the right shape,
@@ -254,7 +254,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model: ModelSpec,
     for key in sorted(state_dict):
         mapped = torch_key_to_flax_path(key)
         if mapped is None:
-            problems.append(f"unexpected key {key!r} (no rule in nafnet_jax.convert.KEY_TABLE)")
+            problems.append(f"unexpected key {key!r} (no rule in nafnet_jax.tools.convert.KEY_TABLE)")
             continue
         path, layout = mapped
         if path not in expected:
@@ -271,7 +271,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model: ModelSpec,
     for path in sorted(set(expected) - seen):
         mapped = flax_path_to_torch_key(path)
         if mapped is None:
-            problems.append(f"Flax parameter {path!r} has no rule in nafnet_jax.convert.KEY_TABLE")
+            problems.append(f"Flax parameter {path!r} has no rule in nafnet_jax.tools.convert.KEY_TABLE")
             continue
         shape = mapped[1].torch_shape(tuple(expected[path].shape))
         problems.append(f"missing key {mapped[0]!r} (shape {shape}) for Flax parameter {path!r}")
@@ -302,7 +302,7 @@ def flax_to_torch(variables: Mapping[str, Any], model: ModelSpec) -> StateDict:
             continue
         mapped = flax_path_to_torch_key(path)
         if mapped is None:
-            problems.append(f"Flax parameter {path!r} has no rule in nafnet_jax.convert.KEY_TABLE")
+            problems.append(f"Flax parameter {path!r} has no rule in nafnet_jax.tools.convert.KEY_TABLE")
             continue
         key, layout = mapped
         state_dict[key] = np.ascontiguousarray(layout.to_torch(value))
@@ -436,11 +436,11 @@ def _refuse_existing(path: str, overwrite: bool) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m nafnet_jax.convert",
+        prog="python -m nafnet_jax.tools.convert",
         description="Convert original NAFNet/Baseline PyTorch weights to an Orbax checkpoint, "
                     "or back with --to-torch.")
     p.add_argument("input", help="a .pth/.safetensors file (default direction), or with --to-torch "
-                                 "anything nafnet_jax.checkpointing.load_model_checkpoint reads")
+                                 "anything nafnet_jax.training.checkpointing.load_model_checkpoint reads")
     p.add_argument("output", help="Orbax checkpoint directory (default direction), or with "
                                   "--to-torch a .pth ({'params': state_dict}) or .safetensors file")
     p.add_argument("--model", help="published model name (nafnet_jax.models.PUBLISHED); required "
@@ -458,7 +458,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PROG = "python -m nafnet_jax.convert"
+PROG = "python -m nafnet_jax.tools.convert"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -469,7 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from nafnet_jax import checkpointing, cli  # imported late: it pulls in orbax
+    from nafnet_jax.training import checkpointing  # imported late: it pulls in orbax
+    from nafnet_jax import cli
 
     def warn(message: str) -> None:
         print(f"{PROG}: warning: {message}", file=sys.stderr)

@@ -19,12 +19,12 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from nafnet_jax import partitioning
-from nafnet_jax.losses import get_loss
+from nafnet_jax.training import partitioning
+from nafnet_jax.training.losses import get_loss
 from nafnet_jax.models import build_model
-from nafnet_jax.optim import create_optimizer
-from nafnet_jax.train_state import TrainState, init_train_state
-from nafnet_jax.train_step import StepFn, jit_train_step, make_train_step
+from nafnet_jax.training.optim import create_optimizer
+from nafnet_jax.training.state import TrainState, init_train_state
+from nafnet_jax.training.step import StepFn, jit_train_step, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Parameter and MAC counts of a model, comparable with NAFNET.md section 3.
 
-    python -m nafnet_jax.summary NAFNet-GoPro-width64 --size 256
-    python -m nafnet_jax.summary NAFNet-GoPro-width64 --size 720x1280 --no-xla
+    python -m nafnet_jax.models.summary NAFNet-GoPro-width64 --size 256
+    python -m nafnet_jax.models.summary NAFNet-GoPro-width64 --size 720x1280 --no-xla
 
 Two MAC figures, both for a batch of one image:
 
@@ -119,7 +119,7 @@ def _parse_size(text: str) -> Tuple[int, int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nafnet_jax.summary",
+    p = argparse.ArgumentParser(prog="python -m nafnet_jax.models.summary",
                                 description="Parameters and GMACs of a published model.")
     p.add_argument("name", help="a published model (nafnet_jax.models.PUBLISHED)")
     p.add_argument("--size", type=_parse_size, default=(256, 256), help="H or HxW (default 256)")

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nafnet_jax import inference, metrics
-from nafnet_jax.checkpointing import PARAMETER_FIELDS, ModelMismatchError, summarize_differences
+from nafnet_jax.evaluation import inference, metrics
+from nafnet_jax.training.checkpointing import PARAMETER_FIELDS, ModelMismatchError, summarize_differences
 
 REPORT_FILES = ("metrics.json", "per_image.csv")
 IMAGE_SUBDIR = "images"
@@ -246,7 +246,7 @@ class FolderDataset:
         return len(self.names)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        from nafnet_jax import image_io
+        from nafnet_jax.data import image_io
         for name in self.names:
             lq = image_io.read_image(os.path.join(self.lq_dir, name))
             gt = image_io.read_image(os.path.join(self.gt_dir, name))
@@ -314,7 +314,7 @@ def write_reports(output_dir: str, result: Dict[str, Any], settings: Dict[str, A
     import csv
     import io
 
-    from nafnet_jax.checkpointing import write_text_atomic
+    from nafnet_jax.training.checkpointing import write_text_atomic
     os.makedirs(output_dir, exist_ok=True)
     summary = {"psnr": result["psnr"], "ssim": result["ssim"], "count": result["count"], **settings}
     table = io.StringIO(newline="")
@@ -347,14 +347,15 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
     Returns:
       the global result of `evaluate` plus the settings written to metrics.json.
     """
-    from nafnet_jax import checkpointing, image_io
+    from nafnet_jax.training import checkpointing
+    from nafnet_jax.data import image_io
 
     eval_config = config.eval if "eval" in config else default_eval_config()
     check_eval_config(eval_config)
     refuse_existing_outputs(output_dir, save_images, overwrite)
     params, checkpoint_model = checkpointing.load_model_checkpoint(checkpoint)
     from nafnet_jax.models import for_platform
-    from nafnet_jax.partitioning import devices_platform
+    from nafnet_jax.training.partitioning import devices_platform
     # Specialised for the devices it runs on (jax.local_devices()), not the default backend.
     model = for_platform(resolve_model(config, checkpoint_model), devices_platform(jax.local_devices()))
     pi, pc = jax.process_index(), jax.process_count()

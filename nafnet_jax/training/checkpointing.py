@@ -433,7 +433,7 @@ def _exchange(a: str, b: str) -> bool:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Replaces a small text file (config.json, metrics.json) all at once: tmp file + rename."""
-    from nafnet_jax.image_io import write_atomic
+    from nafnet_jax.data.image_io import write_atomic
     write_atomic(os.fspath(path), text.encode("utf-8"), overwrite=True)
 
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from nafnet_jax.losses import LossFn, per_sample_mse
-from nafnet_jax.train_state import TrainState
+from nafnet_jax.training.losses import LossFn, per_sample_mse
+from nafnet_jax.training.state import TrainState
 
 Array = jax.Array
 Batch = Dict[str, Array]

@@ -206,7 +206,7 @@ def analyse(compiled, chip, n_chips: int, images_per_chip: float,
 def build_setup(config, topology: str):
     """`build_train_setup` on the topology's devices (the trainer's own code path)."""
     from nafnet_jax.config import validate_config
-    from nafnet_jax.train_setup import build_train_setup
+    from nafnet_jax.training.setup import build_train_setup
 
     validate_config(config)
     return build_train_setup(config, devices=topology_devices(topology))
@@ -221,7 +221,7 @@ def aot_report(config, topology: str, mode: str = "train", global_batch: Optiona
     """
     import jax
 
-    from nafnet_jax.chips import chip_for_topology
+    from nafnet_jax.tools.chips import chip_for_topology
 
     chip = chip_for_topology(topology)
     if hlo_path and os.path.exists(hlo_path):

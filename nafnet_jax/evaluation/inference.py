@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nafnet_jax import partitioning
+from nafnet_jax.training import partitioning
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from nafnet_jax import metrics, partitioning
-from nafnet_jax.evaluate import check_eval_config, score_image
-from nafnet_jax.inference import bucket_shape, dihedral, dihedral_inverse, pad_bottom_right
+from nafnet_jax.evaluation import metrics
+from nafnet_jax.training import partitioning
+from nafnet_jax.evaluation.evaluate import check_eval_config, score_image
+from nafnet_jax.evaluation.inference import bucket_shape, dihedral, dihedral_inverse, pad_bottom_right
 
 Shape = Tuple[int, int]
 # One process's proposal for the next batch: (has images, padded height, padded width).

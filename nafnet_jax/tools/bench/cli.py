@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from nafnet_jax.bench import report
+from nafnet_jax.tools.bench import report
 
 MODES = ("forward", "train")
 DTYPES = ("float32", "bfloat16")
@@ -30,7 +30,7 @@ def _split(text: str, allowed: Sequence[str], flag: str) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses and checks `nafnet-bench` arguments (see `--help`)."""
-    from nafnet_jax.bench import __doc__ as package_doc
+    from nafnet_jax.tools.bench import __doc__ as package_doc
 
     p = argparse.ArgumentParser(prog="nafnet-bench", description=package_doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,8 +135,8 @@ def run(args: argparse.Namespace,
     `on_rows` gets each (mode, dtype) group of rows as soon as it is complete,
     so a long run that is stopped keeps what it measured.
     """
-    from nafnet_jax.bench.cases import make_cases
-    from nafnet_jax.bench.jax_bench import bench_jax
+    from nafnet_jax.tools.bench.cases import make_cases
+    from nafnet_jax.tools.bench.jax_bench import bench_jax
 
     if args.torch_variants:
         import torch
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace,
             _progress(args, jax_rows[-1])
         torch_rows = []
         if args.torch_variants:
-            from nafnet_jax.bench.torch_bench import bench_torch
+            from nafnet_jax.tools.bench.torch_bench import bench_torch
             flops, platform = jax_rows[0]["flops_per_step"], jax_rows[0]["platform"]
             for variant in args.torch_variants:
                 trow = bench_torch(cases[0], variant, args, flops, platform)
@@ -170,7 +170,7 @@ def _progress(args: argparse.Namespace, row: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of `nafnet-bench` / `python -m nafnet_jax.bench`; exit status 1 if a required row failed."""
+    """Entry point of `nafnet-bench` / `python -m nafnet_jax.tools.bench`; exit status 1 if a required row failed."""
     args = parse_args(argv)
     configure_runtime(args)
     rows = run(args, on_rows=(lambda group: report.write_jsonl(group, args.jsonl)) if args.jsonl else None)

@@ -16,10 +16,10 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from nafnet_jax.bench import timing
-from nafnet_jax.bench.cases import BenchCase
-from nafnet_jax.bench.jax_bench import input_sets
-from nafnet_jax.bench.report import base_row, cpu_model
+from nafnet_jax.tools.bench import timing
+from nafnet_jax.tools.bench.cases import BenchCase
+from nafnet_jax.tools.bench.jax_bench import input_sets
+from nafnet_jax.tools.bench.report import base_row, cpu_model
 
 TORCH_VARIANTS = ("eager", "compile")
 

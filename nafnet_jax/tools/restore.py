@@ -40,7 +40,7 @@ from nafnet_jax.cli import UsageError
 
 PROG = "nafnet-restore"
 # A published name must agree with the checkpoint in the parameter-shaping fields
-# (nafnet_jax.checkpointing.PARAMETER_FIELDS) and in TLC, which changes the outputs, not the parameters.
+# (nafnet_jax.training.checkpointing.PARAMETER_FIELDS) and in TLC, which changes the outputs, not the parameters.
 EXTRA_MODEL_FIELDS = ("tlc_train_size",)
 
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def architecture_mismatch(name: str, model_config: Mapping[str, Any]) -> List[str]:
     """Differences between a published model's architecture and a checkpoint's (empty if they agree)."""
-    from nafnet_jax.checkpointing import PARAMETER_FIELDS
+    from nafnet_jax.training.checkpointing import PARAMETER_FIELDS
     from nafnet_jax.models import PUBLISHED, build_model, get_model
     if name not in PUBLISHED:
         raise UsageError(f"--model {name!r} is not a published model; known: {', '.join(sorted(PUBLISHED))}")
@@ -92,7 +92,8 @@ def load_restorer(args: argparse.Namespace) -> Any:
     """Loads the checkpoint and builds the `Restorer` the command line asks for."""
     import jax
 
-    from nafnet_jax import checkpointing, inference, partitioning
+    from nafnet_jax.training import checkpointing, partitioning
+    from nafnet_jax.evaluation import inference
     from nafnet_jax.models import build_model
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -159,7 +160,7 @@ def plan_outputs(files: Sequence[Path], out_dir: Path, compare: bool,
 
 def restore_file(restorer: Any, src: Path, dst: Path, compare: Optional[Path], overwrite: bool) -> Dict[str, Any]:
     """Reads, restores and writes one image (and its comparison picture)."""
-    from nafnet_jax import image_io
+    from nafnet_jax.data import image_io
     picture = image_io.read_image(src)
     restored = restorer(picture.rgb)
     out = image_io.picture_to_array(restored, picture.bit_depth, picture.grayscale, picture.alpha)

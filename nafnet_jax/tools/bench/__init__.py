@@ -45,9 +45,9 @@ today also imports `nafnet_jax.data` and with it tensorflow and
 tensorflow-datasets (the benchmark itself uses neither).
 """
 
-from nafnet_jax.bench.cli import main, parse_args, run
-from nafnet_jax.bench.report import format_markdown, format_table, write_jsonl
-from nafnet_jax.bench.timing import known_peak_tflops, summarize_times
+from nafnet_jax.tools.bench.cli import main, parse_args, run
+from nafnet_jax.tools.bench.report import format_markdown, format_table, write_jsonl
+from nafnet_jax.tools.bench.timing import known_peak_tflops, summarize_times
 
 __all__ = ["format_markdown", "format_table", "known_peak_tflops", "main", "parse_args", "run",
            "summarize_times", "write_jsonl"]

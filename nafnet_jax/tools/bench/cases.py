@@ -2,7 +2,7 @@
 
 Every measured case is a full training config (the `configs/*.py` schema, from
 `nafnet_jax.config.base_config()`), so the step it times is the one `train.py`
-builds from the same config (`nafnet_jax.train_setup.build_train_setup`).
+builds from the same config (`nafnet_jax.training.setup.build_train_setup`).
 """
 
 from __future__ import annotations
