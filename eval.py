@@ -1,10 +1,10 @@
 """Evaluates a checkpoint on a whole split at full resolution (PSNR/SSIM as the original).
 
     python eval.py --config configs/gopro_nafnet_width32.py --checkpoint PATH \
-        [--split test] [--output_dir DIR] [--save_images] [--max_images N] \
+        [--split test] [--output_dir DIR] [--save_images] [--max_images N] [--use_ema] \
         [--config.eval.tile=512 --config.model.tlc_train_size=None ...]
     python eval.py --config configs/sidd_nafnet_width32.py --checkpoint PATH \
-        --lq_dir noisy/ --gt_dir clean/          # two folders of identically named images
+        --lq_dir noisy/ --gt_dir clean/          # two folders of images paired by stem
 
 PATH is a train.py workdir, its checkpoints dir, or the output of the weight
 converter. Writes DIR/metrics.json (mean PSNR/SSIM, count, settings) and
@@ -35,11 +35,13 @@ flags.DEFINE_string("output_dir", "eval_results", "Where metrics.json, per_image
 flags.DEFINE_string("split", None, "Data split to evaluate (default: config.data.eval_split or the "
                     "dataset's own).")
 flags.DEFINE_string("lq_dir", None, "Folder of degraded images (with --gt_dir): evaluate these instead.")
-flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images with the same file names as --lq_dir.")
+flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images paired with --lq_dir's by stem "
+                    "(extensions may differ).")
 flags.DEFINE_integer("max_images", None, "Evaluate only the first N images.")
 flags.DEFINE_bool("save_images", False, "Also write the restored images (8-bit PNG).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier evaluation in --output_dir.")
+flags.DEFINE_bool("use_ema", False, "Evaluate the checkpoint's EMA parameters (kept when train.ema_decay > 0).")
 cli.define_distributed_flags()
 cli.define_debug_flag()
 flags.mark_flags_as_required(["config", "checkpoint"])
@@ -48,6 +50,7 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 def preflight_checks() -> None:
     """Everything about the inputs and the output folder, checked before any work."""
     from nafnet_jax.training import checkpointing
+    from nafnet_jax.data import images
     from nafnet_jax.evaluation import evaluate
 
     config = FLAGS.config
@@ -58,7 +61,7 @@ def preflight_checks() -> None:
         for flag, folder in (("--lq_dir", FLAGS.lq_dir), ("--gt_dir", FLAGS.gt_dir)):
             if not os.path.isdir(folder):
                 raise cli.UsageError(f"{flag} {folder} is not a directory")
-        evaluate.folder_pairs(FLAGS.lq_dir, FLAGS.gt_dir)
+        images.pair_folders(FLAGS.lq_dir, FLAGS.gt_dir)  # pairs by stem: a missing partner is named here
     if FLAGS.max_images is not None and FLAGS.max_images <= 0:
         raise cli.UsageError(f"--max_images={FLAGS.max_images}: expected a positive number")
     checkpointing.resolve_checkpoint_dir(FLAGS.checkpoint)
@@ -78,7 +81,8 @@ def main(argv) -> int:
     cli.initialize_distributed()
     result = run_eval(FLAGS.config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                       lq_dir=FLAGS.lq_dir, gt_dir=FLAGS.gt_dir, save_images=FLAGS.save_images,
-                      max_images=FLAGS.max_images, progress=FLAGS.progress, overwrite=FLAGS.overwrite)
+                      max_images=FLAGS.max_images, progress=FLAGS.progress, overwrite=FLAGS.overwrite,
+                      use_ema=FLAGS.use_ema)
     logging.info("%d images: PSNR %.4f dB, SSIM %.4f (%s SSIM, %s protocol) -> %s", result["count"],
                  result["psnr"], result["ssim"], result["eval"]["ssim"], result["eval"]["protocol"],
                  os.path.abspath(FLAGS.output_dir))

@@ -5,15 +5,14 @@ noisy input's (`val/psnr` vs `val/psnr_input` in TensorBoard and the log). The r
 original's (PSNR loss, AdamW betas 0.9/0.9, clip 0.01, cosine to 1e-7); only the size is small.
 """
 
-from nafnet_jax.config import base_config, model_config
+from nafnet_jax.config import base_config, model_config_for
 
 
 def get_config():
     config = base_config()
     config.seed = 42
-    # A 3-level NAFNet of width 16 (the published ones are 4 levels of width 32/64).
-    config.model = model_config(width=16, enc_blk_nums=(1, 1, 2), middle_blk_num=2,
-                                dec_blk_nums=(1, 1, 1))
+    # A 3-level NAFNet of width 16 (the published ones are 4 levels of width 32/64); models/registry.py.
+    config.model = model_config_for("NAFNet-demo-width16")
     config.data.dataset = "bundled"
     config.data.crop_size = 64          # the original uses 256; small crops keep the CPU demo short
     config.data.use_flip = True

@@ -1,15 +1,12 @@
 """NAFNet-GoPro-width32: NAFNetLocal deblurring on GoPro (the original's options/train/GoPro/NAFNet-width32.yml). Every number here is the original's unless commented."""
 
-from nafnet_jax.config import base_config, model_config
+from nafnet_jax.config import base_config, model_config_for
 
 
 def get_config():
     config = base_config()
     config.seed = 42
-    config.model = model_config(
-        width=32, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1, dec_blk_nums=(1, 1, 1, 1),
-        activation="simple_gate", attention="sca", dw_expand=2, ffn_expand=2,
-        tlc_train_size=(256, 256))
+    config.model = model_config_for("NAFNet-GoPro-width32")  # models/registry.py
     config.data.dataset = "gopro"
     # The original trains on 512x512 patches cut once by scripts/data_preparation/gopro.py
     # (gopro/patches512); "frames" trains on whole frames instead.

@@ -1,15 +1,12 @@
 """NAFNet-REDS-width64: NAFNetLocal deblurring of JPEG-compressed REDS (the original's options/train/REDS/NAFNet-width64.yml). Every number here is the original's unless commented."""
 
-from nafnet_jax.config import base_config, model_config
+from nafnet_jax.config import base_config, model_config_for
 
 
 def get_config():
     config = base_config()
     config.seed = 10
-    config.model = model_config(
-        width=64, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1, dec_blk_nums=(1, 1, 1, 1),
-        activation="simple_gate", attention="sca", dw_expand=2, ffn_expand=2,
-        tlc_train_size=(256, 256))
+    config.model = model_config_for("NAFNet-REDS-width64")  # models/registry.py
     config.data.dataset = "reds"
     config.data.crop_size = 256
     config.data.use_flip = True

@@ -1,15 +1,12 @@
 """NAFNet-SIDD-width64: plain NAFNet denoising on SIDD (the original's options/train/SIDD/NAFNet-width64.yml). Every number here is the original's unless commented."""
 
-from nafnet_jax.config import base_config, model_config
+from nafnet_jax.config import base_config, model_config_for
 
 
 def get_config():
     config = base_config()
     config.seed = 10
-    config.model = model_config(
-        width=64, enc_blk_nums=(2, 2, 4, 8), middle_blk_num=12, dec_blk_nums=(2, 2, 2, 2),
-        activation="simple_gate", attention="sca", dw_expand=2, ffn_expand=2,
-        tlc_train_size=None)
+    config.model = model_config_for("NAFNet-SIDD-width64")  # models/registry.py
     config.data.dataset = "sidd"
     # The original trains on 512x512 patches cut once by scripts/data_preparation/sidd.py
     # (sidd/patches512); "frames" trains on whole frames instead.

@@ -7,29 +7,38 @@ values before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
-from nafnet_jax.training.losses import LOSSES
-from nafnet_jax.models.blocks import ACTIVATIONS, ATTENTIONS
+from nafnet_jax.training.losses import parse_loss_spec
+from nafnet_jax.models.blocks import DEFAULT_BLOCK, BlockConfig, block_spec
+from nafnet_jax.models.unet import drop_path_rates
+from nafnet_jax.models.registry import architecture
 from nafnet_jax.training.step import NONFINITE_POLICIES
 
 
-def model_config(width: int = 32, enc_blk_nums: Sequence[int] = (1, 1, 1, 28), middle_blk_num: int = 1,
-                 dec_blk_nums: Sequence[int] = (1, 1, 1, 1), activation: str = "simple_gate",
+def model_config(width: int, enc_blk_nums: Sequence[int], middle_blk_num: int,
+                 dec_blk_nums: Sequence[int], activation: str = "simple_gate",
                  attention: Optional[str] = "sca", norm: bool = True, dw_expand: int = 2,
                  ffn_expand: int = 2, tlc_train_size: Optional[Sequence[int]] = None,
                  ) -> ml_collections.ConfigDict:
-    """`config.model`: the `UNet` attributes, spelled out (no hidden registry defaults)."""
+    """`config.model`: the `UNet` attributes, spelled out (no hidden registry defaults).
+
+    The U-Net's shape has no default: a named architecture comes from the registry
+    (`model_config_for`), a custom one spells its width and block counts here.
+    """
     return ml_collections.ConfigDict({
         "width": width,
         "enc_blk_nums": tuple(enc_blk_nums),
         "middle_blk_num": middle_blk_num,
         "dec_blk_nums": tuple(dec_blk_nums),
         "img_channel": 3,
-        "block": {"activation": activation,
+        # A registered block's name and options (models/blocks.py); the restoration block's options
+        # are BlockConfig's fields. Another block: `config.model.block = {"name": ..., **its options}`.
+        "block": {"name": DEFAULT_BLOCK, "activation": activation,
                   "attention": attention if attention is not None else config_dict.placeholder(str),
                   "norm": norm, "dw_expand": dw_expand, "ffn_expand": ffn_expand},
         # (H, W) of the training crops: enables TLC (NAFNetLocal) at test time.
@@ -39,7 +48,36 @@ def model_config(width: int = 32, enc_blk_nums: Sequence[int] = (1, 1, 1, 28), m
         "param_dtype": "float32",
         "depthwise_impl": "auto",    # 'auto' picks the fastest exact formulation per backend
         "remat": False,
+        "drop_path_rate": 0.0,          # stochastic depth in training (0: none, as the original NAFNet)
+        "drop_path_schedule": "linear",  # per-block rate: 'linear' 0 -> rate over the blocks, or 'constant'
     })
+
+
+def model_config_for(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """`config.model` of a named architecture (`nafnet_jax.models.registry.ARCHITECTURES`), spelled out.
+
+    The recipe configs build their model from the registry's table this way, so an
+    architecture is written down once, e.g. `model_config_for("NAFNet-GoPro-width32")`.
+
+    Args:
+      name: e.g. 'NAFNet-SIDD-width64'.
+      **overrides: `config.model` keys to change; `block` may be a `BlockConfig` (an
+        ablation rung on a published body), a `BlockSpec`, or a `model.block` mapping.
+    Raises:
+      KeyError for an unknown name, ValueError naming an unknown override key or block option.
+    """
+    arch = architecture(name)
+    block = block_spec(overrides.pop("block", arch.pop("block")))  # checks name and options
+    if isinstance(block, BlockConfig):  # the restoration block: its fields spelled out flat
+        config = model_config(**arch, **dataclasses.asdict(block))
+    else:
+        config = model_config(**arch)
+        config.block = {"name": block.name, **dict(block.options)}
+    for key, value in overrides.items():
+        if key not in config:
+            raise ValueError(f"unknown model config key {key!r} for model {name!r}; known: {sorted(config)}")
+        config[key] = tuple(value) if isinstance(value, list) else value
+    return config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config = ml_collections.ConfigDict()
     config.seed = 42
-    config.model = model_config()
+    config.model = model_config_for("NAFNet-GoPro-width32", tlc_train_size=None)  # every recipe sets its own
     config.data = default_data_config()
     config.eval = default_eval_config()
     config.optimizer = ml_collections.ConfigDict({
@@ -65,13 +103,17 @@ def base_config() -> ml_collections.ConfigDict:
         "total_steps": 200_000,
         "batch_size": 32,           # global batch (all devices, all micro-batches)
         "grad_accum_steps": 1,      # micro-batches per update, to reach the global batch on fewer devices
-        "loss": "psnr",
+        # A loss name, or {name: weight | {"weight": w, **kwargs}} (training/losses.py), e.g.
+        # {"psnr": 1.0, "fft_l1": {"weight": 0.05}}; typed `object` so a config file or the command
+        # line (a JSON/Python mapping) may replace the name by a mapping.
+        "loss": config_dict.FieldReference("psnr", field_type=object),
         "log_every": 100,
         "eval_every": 20_000,
         "eval_at_steps": (1000,),   # the original also validates at iteration 1000
         "num_val_images": 3,        # lq | output | gt pictures written to TensorBoard
         "checkpoint_every": 5000,
-        "keep_checkpoints": 3,      # the last N, plus the best by validation PSNR
+        "keep_checkpoints": 3,      # the last N, plus the best by train.best_metric
+        "best_metric": "val/psnr",  # ranks checkpoints: val/psnr | val/ssim | val/psnr_ema | val/ssim_ema
         "async_checkpoints": True,
         "nonfinite": "stop",        # 'stop' or 'skip' a step whose loss/gradient is not finite
         "ema_decay": 0.0,           # the original keeps no EMA; > 0 keeps one
@@ -104,10 +146,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(isinstance(m.width, int) and m.width > 0, "model.width", m.width, "a positive int")
     _check(len(m.enc_blk_nums) == len(m.dec_blk_nums), "model.dec_blk_nums", m.dec_blk_nums,
            f"as many levels as model.enc_blk_nums {m.enc_blk_nums}")
-    _check(m.block.activation in ACTIVATIONS, "model.block.activation", m.block.activation,
-           f"one of {ACTIVATIONS}")
-    _check(m.block.attention in ATTENTIONS, "model.block.attention", m.block.attention,
-           f"one of {ATTENTIONS}")
+    try:  # a registered block name and that block's options (models/blocks.py)
+        block_spec(m.block)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid config value model.block: {e}") from e
+    try:
+        drop_path_rates(1, m.get("drop_path_rate", 0.0), m.get("drop_path_schedule", "linear"))
+    except ValueError as e:
+        raise ValueError(f"invalid config value model.{e}") from e
     _check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
            "'float32', 'bfloat16' or 'float16'")
     _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
@@ -122,7 +168,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(isinstance(t.grad_accum_steps, int) and t.grad_accum_steps >= 1
            and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps", t.grad_accum_steps,
            f"a positive int dividing train.batch_size={t.batch_size}")
-    _check(t.loss in LOSSES, "train.loss", t.loss, f"one of {sorted(LOSSES)}")
+    parse_loss_spec(t.loss)  # names the key: train.loss[.<name>[.<argument>]]
     _check(t.nonfinite in NONFINITE_POLICIES, "train.nonfinite", t.nonfinite, f"one of {NONFINITE_POLICIES}")
     for key in ("log_every", "checkpoint_every"):
         _check(isinstance(t[key], int) and t[key] > 0, f"train.{key}", t[key], "a positive int")
@@ -130,6 +176,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "an int >= 0 (0: never)")
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "in [0, 1)")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
+    from nafnet_jax.evaluation.validation import check_best_metric  # late: it imports the evaluation stack
+    check_best_metric(t)
     _check(isinstance(t.stop_sync_every, int) and t.stop_sync_every > 0, "train.stop_sync_every",
            t.stop_sync_every, "a positive int")
     _check(isinstance(t.compilation_cache_dir, str), "train.compilation_cache_dir", t.compilation_cache_dir,

@@ -263,6 +263,58 @@ def test_cli_converts_to_orbax_and_back(tmp_path, capsys):
         np.testing.assert_array_equal(loaded[k], sd[k], err_msg=k)
 
 
+def test_cli_ema_round_trip_flax_pth_flax(tmp_path, capsys):
+    """EMA weights go out as the original's 'params_ema' (beside 'params') and come back as EMA."""
+    import torch
+
+    from nafnet_jax.training.checkpointing import load_model_checkpoint, save_model_checkpoint
+
+    model = _tiny_published()
+    raw, ema = _random_flax_params(model, seed=7), _random_flax_params(model, seed=8)
+    config = {"name": "NAFNet-SIDD-width32", "width": 4, "enc_blk_nums": [1], "middle_blk_num": 1,
+              "dec_blk_nums": [1]}
+    flax_dir, pth, back = tmp_path / "flax", str(tmp_path / "w.pth"), str(tmp_path / "back")
+    save_model_checkpoint(flax_dir, raw["params"], config, ema_params=ema["params"])
+    assert convert.main(["--to-torch", str(flax_dir), pth]) == 0
+    saved = torch.load(pth, map_location="cpu", weights_only=True)
+    assert sorted(saved) == ["params", "params_ema"]
+    for key, variables in (("params", raw), ("params_ema", ema)):
+        want = flax_to_torch(variables, model)
+        assert sorted(saved[key]) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(saved[key][k].numpy(), want[k], err_msg=f"{key} {k}")
+    assert convert.main([pth, back, "--model", "NAFNet-SIDD-width32", *TINY_OVERRIDES]) == 0
+    _assert_trees_equal({"params": load_model_checkpoint(back)[0]}, raw)
+    _assert_trees_equal({"params": load_model_checkpoint(back, use_ema=True)[0]}, ema)
+    # --param-key picks one entry as the parameters; no EMA is stored then.
+    only = str(tmp_path / "only_ema")
+    assert convert.main([pth, only, "--model", "NAFNet-SIDD-width32", *TINY_OVERRIDES,
+                         "--param-key", "params_ema"]) == 0
+    _assert_trees_equal({"params": load_model_checkpoint(only)[0]}, ema)
+
+
+def test_cli_use_ema_without_ema_names_the_checkpoint(tmp_path, capsys):
+    from nafnet_jax.training.checkpointing import save_model_checkpoint
+
+    model = _tiny_published()
+    config = {"name": "NAFNet-SIDD-width32", "width": 4, "enc_blk_nums": [1], "middle_blk_num": 1,
+              "dec_blk_nums": [1]}
+    flax_dir = tmp_path / "flax"
+    save_model_checkpoint(flax_dir, _random_flax_params(model, seed=9)["params"], config)
+    capsys.readouterr()
+    assert convert.main(["--to-torch", str(flax_dir), str(tmp_path / "w.safetensors"), "--use-ema"]) == 2
+    err = _error_line(capsys)
+    assert str(flax_dir) in err and "EMA" in err, err
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_safetensors_takes_one_state_dict(tmp_path):
+    model = NAFNet(**LEVELS)
+    sd = flax_to_torch(_random_flax_params(model, seed=10), model)
+    with pytest.raises(ValueError, match="w.safetensors: a .safetensors file holds one state dict"):
+        save_torch_checkpoint(sd, str(tmp_path / "w.safetensors"), ema_state_dict=sd)
+
+
 def _error_line(capsys) -> str:
     """The CLI's stderr, asserted to be exactly one line."""
     err = capsys.readouterr().err.strip()
@@ -322,3 +374,26 @@ def test_cli_bad_input_files_get_one_line_naming_the_file_and_exit_2(tmp_path, c
     if case == "width_mismatch":  # a count and the first few, not every key
         assert "problem(s)" in line and len(line) < 800, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_block_without_a_pytorch_counterpart_is_refused_by_name():
+    import flax.linen as nn
+
+    from nafnet_jax.models import BlockSpec, register_block
+
+    @register_block("test_convert_no_original")
+    class NoOriginal(nn.Module):
+        tlc_kernel: object = None
+        dtype: object = None
+        param_dtype: object = jnp.float32
+        depthwise_impl: str = "auto"
+        platform: object = None
+        drop_path_rate: float = 0.0
+
+        @nn.compact
+        def __call__(self, x, deterministic=True):
+            return x + nn.Dense(x.shape[-1])(x)
+
+    model = UNet(block=BlockSpec("test_convert_no_original"), width=4, enc_blk_nums=(1,), dec_blk_nums=(1,))
+    with pytest.raises(ValueError, match="test_convert_no_original.*no counterpart"):
+        flax_to_torch({"params": {}}, model)

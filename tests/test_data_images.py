@@ -35,20 +35,29 @@ def test_grayscale_is_repeated_to_rgb_and_reported(tmp_path):
     assert report.conversions['grayscale -> RGB'] == [path], report.summary()
 
 
-def test_16bit_colour_keeps_high_byte_and_is_reported(tmp_path):
+def test_16bit_colour_is_kept_for_the_folder_source_and_rounded_for_8bit_storage(tmp_path):
     rgb16 = (np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3) * 3001 + 7)
     path = _png16(str(tmp_path / 'c16.png'), rgb16)
+    np.testing.assert_array_equal(images.read_pair_pixels(path), rgb16)
     report = DataReport()
     out = images.read_rgb8(path, report)
-    np.testing.assert_array_equal(out, (rgb16 >> 8).astype(np.uint8))
-    assert path in report.conversions['16-bit -> 8-bit (v >> 8)'], report.summary()
+    np.testing.assert_array_equal(out, np.round(rgb16 / 65535 * 255).astype(np.uint8))
+    assert path in report.conversions[images.SIXTEEN_TO_EIGHT], report.summary()
 
 
-def test_16bit_gray_keeps_high_byte(tmp_path):
+def test_16bit_gray_is_replicated_and_kept(tmp_path):
     gray16 = (np.arange(6, dtype=np.uint16).reshape(2, 3) * 10000 + 255)
     path = _png16(str(tmp_path / 'g16.png'), gray16[..., None])
-    expected = np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, -1)
-    np.testing.assert_array_equal(images.read_rgb8(path), expected)
+    np.testing.assert_array_equal(images.read_pair_pixels(path), np.repeat(gray16[..., None], 3, -1))
+
+
+def test_8bit_file_in_a_16bit_folder_gives_the_same_floats(tmp_path):
+    from nafnet_jax.data.image_io import to_unit
+    rgb = coordinate_image(5, 7, tag=200)
+    path = write_image(tmp_path / 'a.png', rgb)
+    as16 = images.read_pair_pixels(path, np.uint16)
+    assert as16.dtype == np.uint16
+    np.testing.assert_array_equal(to_unit(as16), to_unit(rgb))
 
 
 def test_opaque_rgba_drops_alpha(tmp_path):
@@ -76,11 +85,13 @@ def test_palette_image_expands_to_rgb(tmp_path):
     np.testing.assert_array_equal(images.read_rgb8(path), np.asarray(pal.convert('RGB')))
 
 
-def test_cmyk_is_an_error_naming_the_mode(tmp_path):
+def test_cmyk_is_converted_to_rgb_and_reported(tmp_path):
     path = str(tmp_path / 'cmyk.jpg')
-    Image.new('CMYK', (4, 4)).save(path)
-    with pytest.raises(BadDataError, match="cmyk.jpg: unsupported image mode 'CMYK'"):
-        images.read_rgb8(path)
+    Image.new('CMYK', (4, 4), (0, 255, 255, 0)).save(path)
+    report = DataReport()
+    out = images.read_rgb8(path, report)
+    assert out.shape == (4, 4, 3) and out[0, 0, 0] > 200 and out[0, 0, 1] < 60, out[0, 0]
+    assert report.conversions['CMYK -> RGB'] == [path], report.summary()
 
 
 def test_not_an_image_is_an_error_naming_the_file(tmp_path):

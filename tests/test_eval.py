@@ -141,7 +141,7 @@ def test_config_model_may_change_tlc_but_not_the_architecture():
     no_tlc = ml_collections.ConfigDict({"model": dict(saved, tlc_train_size=None)})
     assert ev.resolve_model(no_tlc, saved).tlc_train_size is None
     wider = ml_collections.ConfigDict({"model": dict(saved, width=16)})
-    with pytest.raises(ValueError, match="width: 16 vs 8"):
+    with pytest.raises(ValueError, match="model.width: checkpoint has 8, config has 16"):
         ev.resolve_model(wider, saved)
 
 
@@ -189,18 +189,18 @@ def test_eval_script_on_folders_writes_metrics_csv_and_images(tmp_path, tiny_che
     summary = json.loads((out / "metrics.json").read_text())
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
-    assert summary["count"] == 2 and [r["name"] for r in rows] == ["im0.png", "im1.png"]
+    assert summary["count"] == 2 and [r["name"] for r in rows] == ["im0", "im1"]  # pairs are known by stem
     assert summary["tlc_train_size"] == [16, 16] and summary["eval"]["protocol"] == "uint8"
     assert summary["psnr"] == pytest.approx(np.mean([float(r["psnr"]) for r in rows]), abs=1e-9)
     apply = jax.jit(model.apply)
     for row in rows:  # an independent reference: the model by hand, NumPy float64 metrics
-        lq = image_io.read_image(lq_dir / row["name"]).rgb
-        gt = image_io.read_image(gt_dir / row["name"]).rgb
+        lq = image_io.read_image(lq_dir / f"{row['name']}.png").rgb
+        gt = image_io.read_image(gt_dir / f"{row['name']}.png").rgb
         out_img = np.asarray(apply({"params": params}, lq[None]))[0]
         want = metrics.measure(out_img, gt, protocol="uint8", ssim_kind="3d")
         assert float(row["psnr"]) == pytest.approx(want["psnr"], abs=1e-3), row
         assert float(row["ssim"]) == pytest.approx(want["ssim"], abs=1e-5), row
-        saved = image_io.read_image(out / "images" / row["name"])
+        saved = image_io.read_image(out / "images" / f"{row['name']}.png")
         np.testing.assert_array_equal(np.round(saved.rgb * 255), metrics.prepare(out_img, "uint8")[0])
 
 
@@ -262,3 +262,44 @@ def test_two_processes_gather_every_images_record(tmp_path):
     for r in results:
         assert r["names"] == ["n0", "n2", "n4", "n1", "n3"], r["names"]
     assert results[0]["psnr"] == results[1]["psnr"]
+
+
+# --- EMA parameters -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ema_checkpoint(tmp_path_factory):
+    """A checkpoint whose EMA parameters differ from its raw ones (another random draw)."""
+    model, params, config = tiny_model_and_params(levels=1, tlc_train_size=None, seed=0)
+    _, ema_params, _ = tiny_model_and_params(levels=1, tlc_train_size=None, seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "ema"
+    save_model_checkpoint(path, params, config, ema_params=ema_params)
+    return path, model, params, ema_params
+
+
+def test_run_eval_use_ema_scores_the_ema_parameters(tmp_path, ema_checkpoint):
+    ckpt, model, params, ema_params = ema_checkpoint
+    lq_dir, gt_dir = _write_folders(tmp_path, [(16, 20)])
+    config = ml_collections.ConfigDict({"eval": ev.default_eval_config()})
+    items = list(ev.FolderDataset(str(lq_dir), str(gt_dir)))
+    apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    results = {}
+    for use_ema, reference in ((False, params), (True, ema_params)):
+        got = ev.run_eval(config, str(ckpt), str(tmp_path / f"out_{use_ema}"), lq_dir=str(lq_dir),
+                          gt_dir=str(gt_dir), progress=False, use_ema=use_ema)
+        want = ev.evaluate(apply, reference, items, config.eval, align=2)
+        assert got["use_ema"] is use_ema
+        assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-9), f"use_ema={use_ema}"
+        results[use_ema] = got["psnr"]
+    assert abs(results[True] - results[False]) > 1e-3, "EMA and raw parameters scored the same"
+
+
+def test_run_eval_use_ema_without_ema_names_the_checkpoint(tmp_path, tiny_checkpoint):
+    from nafnet_jax.training.checkpointing import MissingEntryError
+
+    ckpt, _, _ = tiny_checkpoint
+    lq_dir, gt_dir = _write_folders(tmp_path, [(16, 16)])
+    config = ml_collections.ConfigDict({"eval": ev.default_eval_config()})
+    with pytest.raises(MissingEntryError, match=f"{ckpt}.* no EMA parameters"):
+        ev.run_eval(config, str(ckpt), str(tmp_path / "out"), lq_dir=str(lq_dir), gt_dir=str(gt_dir),
+                    progress=False, use_ema=True)
+    assert not (tmp_path / "out").exists()

@@ -310,3 +310,33 @@ def test_module_entry_point_prints_usage():
     proc = subprocess.run([sys.executable, "-m", "nafnet_jax.tools.restore", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--checkpoint" in proc.stdout and "--overwrite" in proc.stdout
+
+
+def test_cli_use_ema_restores_with_the_ema_parameters(tmp_path):
+    """16-bit output, so a difference between raw and EMA weights cannot hide in the rounding."""
+    from nafnet_jax.evaluation import inference
+    model, params, config = tiny_model_and_params(levels=1, tlc_train_size=None, seed=0)
+    _, ema_params, _ = tiny_model_and_params(levels=1, tlc_train_size=None, seed=1)
+    save_model_checkpoint(tmp_path / "ckpt", params, config, ema_params=ema_params)
+    image_io.write_png(tmp_path / "a.png", _smooth_rgb8(16, 20).astype(np.uint16) * 257)
+    picture = image_io.read_image(tmp_path / "a.png")
+    outputs = {}
+    for use_ema, reference in ((False, params), (True, ema_params)):
+        out = tmp_path / f"out_{use_ema}"
+        assert restore.main([str(tmp_path / "a.png"), "-o", str(out), "--checkpoint", str(tmp_path / "ckpt")]
+                            + (["--use_ema"] if use_ema else [])) == 0
+        want = image_io.quantize(inference.Restorer(inference.model_apply_fn(model), reference, align=2)(
+            picture.rgb), 16)
+        outputs[use_ema], _ = _read_raw(out / "a.png")
+        np.testing.assert_array_equal(outputs[use_ema], want, err_msg=f"use_ema={use_ema}")
+    assert np.any(outputs[True] != outputs[False]), "EMA and raw parameters gave the same image"
+
+
+def test_cli_use_ema_without_ema_is_one_line_naming_the_checkpoint(tmp_path, checkpoint, capsys):
+    image_io.write_png(tmp_path / "a.png", _smooth_rgb8(8, 8))
+    code = restore.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                         "--use_ema"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(checkpoint) in err and "no EMA parameters" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists(), "a refused run created its output folder"

@@ -74,7 +74,7 @@ def test_two_steps_match_the_original_recipe_in_float64():
         params = jax.tree.map(jnp.asarray, torch_to_flax(start, model)["params"])
         state = init_train_state(model, tx, jax.random.key(0), (1, 16, 16, 3), use_ema=False)
         state = state.replace(params=params, opt_state=tx.init(params))
-        step = jax.jit(make_train_step(model, tx, psnr_loss))
+        step = jax.jit(make_train_step(model, tx, get_loss("psnr")))  # what train.loss='psnr' builds
         for lq, gt in batches:
             state, metrics = step(state, {"lq": jnp.asarray(lq), "gt": jnp.asarray(gt)})
         got = flax_to_torch({"params": jax.device_get(state.params)}, model)
@@ -151,12 +151,15 @@ def test_accumulated_gradients_equal_the_full_batch_gradients():
     rng = np.random.default_rng(5)
     params = jax.tree.map(lambda p: p + jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), state.params)
     batch = _batch(0, n=4)
-    (loss1, psnr1), grads1 = jax.jit(make_grad_fn(model, psnr_loss, 1))(params, batch)
+    key = jax.random.key(0)
+    loss_fn = get_loss({"psnr": 1.0, "fft_l1": {"weight": 0.05}})
+    (loss1, stats1), grads1 = jax.jit(make_grad_fn(model, loss_fn, 1))(params, batch, key)
     assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads1)), "a gradient leaf is all zeros"
     for accum in (2, 4):  # 4: micro-batches of one image
-        (loss_k, psnr_k), grads_k = jax.jit(make_grad_fn(model, psnr_loss, accum))(params, batch)
+        (loss_k, stats_k), grads_k = jax.jit(make_grad_fn(model, loss_fn, accum))(params, batch, key)
         assert float(loss_k) == pytest.approx(float(loss1), rel=1e-5), f"accum={accum}: loss"
-        assert float(psnr_k) == pytest.approx(float(psnr1), rel=1e-5), f"accum={accum}: psnr"
+        for name in ("psnr", "loss/psnr", "loss/fft_l1"):  # every logged term is averaged as the loss
+            assert float(stats_k[name]) == pytest.approx(float(stats1[name]), rel=1e-5), f"accum={accum}: {name}"
         err = _max_rel_diff(grads_k, grads1)
         assert err < 1e-4, f"{accum} micro-batches: gradients differ from the full batch's by {err:.3g}"
 
@@ -166,13 +169,21 @@ def test_grad_accum_steps_must_be_a_positive_int():
         make_grad_fn(NAFNet(width=4), psnr_loss, 0)
 
 
-@pytest.mark.parametrize("loss", ["l1", "mse", "charbonnier", "psnr"])
-def test_every_loss_trains(loss):
+# ('psnr' alone is what every other test here trains with.)
+@pytest.mark.parametrize("loss", ["l1", "mse", "charbonnier",
+                                  pytest.param({"psnr": 1.0, "fft_l1": {"weight": 0.05}}, id="psnr+fft_l1")])
+def test_every_loss_trains_and_logs_its_terms(loss):
     _, _, state, step = _tiny_setup(loss=loss)
     new_state, metrics = step(state, _batch(0))
     assert np.isfinite(float(metrics["loss"]))
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
     assert any(jax.tree.leaves(changed))
+    terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss/")}
+    names = list(loss) if isinstance(loss, dict) else [loss]
+    assert sorted(terms) == sorted(f"loss/{n}" for n in names), f"logged terms {sorted(terms)}"
+    if isinstance(loss, dict):  # the total is the weighted sum of the logged, unweighted terms
+        assert terms["loss/psnr"] == pytest.approx(-float(metrics["psnr"]), rel=1e-5)
+        assert float(metrics["loss"]) == pytest.approx(terms["loss/psnr"] + 0.05 * terms["loss/fft_l1"], rel=1e-6)
 
 
 def test_nonfinite_step_is_not_applied_and_stop_freezes():
@@ -233,3 +244,42 @@ def test_step_traces_once_and_needs_no_implicit_rank_promotion():
             batch = partitioning.host_to_global(jax.device_get(_batch(i)), batch_sharding)
             state, metrics = step(state, batch)
     assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
+
+
+def _schedule_setup(total_steps, nonfinite="skip"):
+    from nafnet_jax.training.optim import create_schedule
+    model = NAFNet(width=4, enc_blk_nums=(1,), dec_blk_nums=(1,))
+    tx = create_optimizer(OPT, total_steps)
+    schedule = create_schedule(OPT, total_steps)
+    state = init_train_state(model, tx, jax.random.key(1), (1, 8, 8, 3), use_ema=False)
+    step = jax.jit(make_train_step(model, tx, get_loss("psnr"), nonfinite=nonfinite, schedule=schedule))
+    return state, step, schedule
+
+
+def _adam_state(opt_state):
+    return next(s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                if isinstance(s, optax.ScaleByAdamState))
+
+
+def test_a_skipped_step_still_consumes_its_schedule_step_and_logs_the_rate_of_each_step():
+    from nafnet_jax.training.optim import schedule_count
+    total = 4
+    state, step, schedule = _schedule_setup(total)
+    bad = _batch(1)
+    bad["lq"] = bad["lq"].at[0, 0, 0, 0].set(jnp.nan)
+    batches = [_batch(0), bad, _batch(2), _batch(3)]
+    for i, batch in enumerate(batches):
+        before = state
+        state, metrics = step(state, batch)
+        count = int(schedule_count(state.opt_state))
+        assert int(state.step) == count == i + 1, f"after step {i + 1}: state.step {int(state.step)}, count {count}"
+        assert float(metrics["lr"]) == pytest.approx(float(schedule(i)), rel=1e-6), f"lr logged at step {i + 1}"
+        if i == 1:  # the skipped step: params, moments and Adam's bias-correction count are kept
+            assert float(metrics["applied"]) == 0.0
+            same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                (before.params, _adam_state(before.opt_state)),
+                                (state.params, _adam_state(state.opt_state)))
+            assert all(jax.tree.leaves(same)), "a skipped step changed params or Adam's moments/count"
+    assert int(_adam_state(state.opt_state).count) == 3, "Adam's count should count applied updates only"
+    # The cosine has run its course although a step was skipped: the next rate would be eta_min.
+    assert float(schedule(schedule_count(state.opt_state))) == pytest.approx(OPT.eta_min, rel=1e-5)

@@ -258,15 +258,15 @@ def test_an_exception_mid_run_still_finishes_the_async_checkpoint_and_closes(tmp
         manager.close = lambda: (calls.append("close"), close())[1]
         return manager
 
-    real_lr = trainer.tx_lr
+    real_update = trainer.Progress.update
 
-    def failing_lr(config, step):
+    def failing_update(self, step, scalars):  # runs at every log step (log_every=1), before the save
         if step == 3:
             raise RuntimeError("injected failure after the step-2 save")
-        return real_lr(config, step)
+        return real_update(self, step, scalars)
 
     monkeypatch.setattr(checkpointing, "create_manager", spying_manager)
-    monkeypatch.setattr(trainer, "tx_lr", failing_lr)
+    monkeypatch.setattr(trainer.Progress, "update", failing_update)
     with pytest.raises(RuntimeError, match="injected failure"):
         in_process(tmp_path / "run", 6, ["--config.train.checkpoint_every=2",
                                          "--config.train.async_checkpoints=True"])
@@ -326,6 +326,48 @@ def test_the_compile_cache_defaults_to_the_workdir_and_none_sets_none(tmp_path, 
     train.compilation_cache_dir = "none"
     assert configure_compilation_cache(train, epath.Path(tmp_path / "other")) is None
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "compile_cache"), "'none' changed the cache"
+
+
+def _scalar_events(workdir, tag):
+    """{step: value} of a scalar the trainer wrote to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+    acc = EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+def test_skipped_steps_keep_step_schedule_and_logged_lr_together_and_each_loss_term_is_logged(
+        tmp_path, in_process):
+    # lr 1e30 without a clip: step 1 blows the parameters up, every later step is non-finite and skipped.
+    from nafnet_jax.training.optim import cosine_schedule, schedule_count
+    total, lr = 5, 1e30
+    result = in_process(tmp_path / "run", total, [
+        "--config.train.nonfinite=skip", f"--config.optimizer.lr={lr}", "--config.optimizer.grad_clip=0.0",
+        "--config.train.checkpoint_every=100", '--config.train.loss={"psnr": 1.0, "fft_l1": {"weight": 0.05}}'])
+    state = result["state"]
+    assert int(state.nonfinite_count) >= 1, "no step was skipped; the test would prove nothing"
+    assert int(state.step) == total and int(schedule_count(state.opt_state)) == total, \
+        f"state.step {int(state.step)} != schedule count {int(schedule_count(state.opt_state))}"
+    schedule = cosine_schedule(lr, total, 1e-7)
+    logged = _scalar_events(tmp_path / "run", "train/lr")
+    assert sorted(logged) == list(range(1, total + 1)), sorted(logged)
+    for step, value in logged.items():  # the rate of update `step` (1-based) is schedule(step - 1)
+        assert value == pytest.approx(float(schedule(step - 1)), rel=1e-6), f"lr logged at step {step}"
+    for tag in ("train/loss/psnr", "train/loss/fft_l1"):
+        assert sorted(_scalar_events(tmp_path / "run", tag)) == list(range(1, total + 1)), f"{tag} not logged"
+
+
+def test_resume_is_exact_with_drop_path_training(tmp_path, in_process):
+    # Drop-path draws from the 'drop_path' stream keyed by (state.rng, step) (test_rng_streams.py
+    # shows the step passes those keys); here a run of 6 steps and 3 + resume + 3 must agree bit for bit.
+    extra = ["--config.model.drop_path_rate=0.3"]
+    in_process(tmp_path / "full", 6, extra)
+    _resume_copy(tmp_path / "full", tmp_path / "resumed", 6)
+    in_process(tmp_path / "resumed", 6, extra)
+    assert _steps(tmp_path / "resumed")[-1] == 6
+    diff = max_diff(final_params(tmp_path / "full"), final_params(tmp_path / "resumed"))
+    assert diff == 0.0, f"with drop-path, the resumed run ends {diff:.3g} away from the uninterrupted one"
 
 
 # --- the stop decision (pure: no processes) ------------------------------------------------------

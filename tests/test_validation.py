@@ -176,3 +176,101 @@ def test_mesh_validation_compiles_once_per_padded_shape_and_keeps_params_sharded
     assert mesh_runs["fsdp"]["traces"] == 2, "expected one compilation per padded shape"
     assert mesh_runs["ensemble"]["traces"] == 2, "expected one compilation per padded shape"
     assert mesh_runs["fsdp"]["sharded_elements"] > 0, "nothing was FSDP-sharded: the test would prove nothing"
+
+
+# --- EMA and the best-checkpoint metric ---------------------------------------------------------
+
+class _Writer:
+    def __init__(self):
+        self.scalars, self.images = {}, {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars[step] = dict(scalars)
+
+    def write_images(self, step, images):
+        self.images[step] = dict(images)
+
+
+def test_validator_scores_ema_parameters_beside_the_raw_ones():
+    from tiny_models import random_params
+    from nafnet_jax.config import base_config, model_config
+    from nafnet_jax.evaluation import evaluate as ev
+    from nafnet_jax.evaluation.inference import model_apply_fn
+    from nafnet_jax.models import build_model
+    from nafnet_jax.training.setup import build_train_setup
+
+    config = base_config()
+    config.model = model_config(width=8, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,))
+    config.train.batch_size = 1
+    config.train.num_val_images = 1
+    config.mesh.num_devices = 1
+    config.eval.protocol = "float"
+    items = _items([(8, 12), (8, 12)], seed=3)  # one shape: one compilation per path
+    model = build_model(config.model.to_dict())
+    params, ema_params = random_params(model, seed=0), random_params(model, seed=1)
+    validator = validation.Validator(config, build_train_setup(config), dataset=items)
+    writer = _Writer()
+    got = validator(params, 7, writer, ema_params=ema_params)
+    assert writer.scalars[7] == got and sorted(writer.images[7]) == ["val/sample_0"]
+    for suffix, reference in (("", params), ("_ema", ema_params)):
+        want = ev.evaluate(model_apply_fn(model), reference, items, config.eval, align=2)
+        assert got[f"val/psnr{suffix}"] == pytest.approx(want["psnr"], abs=1e-4), suffix
+        assert got[f"val/ssim{suffix}"] == pytest.approx(want["ssim"], abs=1e-6), suffix
+    assert abs(got["val/psnr_ema"] - got["val/psnr"]) > 1e-3, "EMA and raw parameters scored the same"
+    assert "val/psnr_ema" not in validator(params, 8, writer), "no EMA parameters, yet an EMA score"
+
+
+def _save_scored_steps(directory, best_metric, scores):
+    """Saves tiny steps whose validation scalars are `scores` [(psnr, psnr_ema), ...]; returns the manager."""
+    import orbax.checkpoint as ocp
+    from nafnet_jax.training import checkpointing
+
+    manager = checkpointing.create_manager(directory, keep=1, async_save=False)
+    for step, (psnr, psnr_ema) in enumerate(scores, start=1):
+        scalars = {"val/psnr": psnr, "val/ssim": 0.5, "val/psnr_ema": psnr_ema, "val/ssim_ema": 0.5}
+        manager.save(step, args=ocp.args.Composite(**{
+            checkpointing.STATE: ocp.args.PyTreeSave({"params": {"w": np.full(2, step, np.float32)}}),
+            checkpointing.CONFIG: ocp.args.JsonSave({"model": {}})}),
+            metrics=checkpointing.checkpoint_metrics(scalars, best_metric), force=True)
+    manager.wait_until_finished()
+    return manager
+
+
+@pytest.mark.parametrize("best_metric, best", [("val/psnr", 1), ("val/psnr_ema", 2)])
+def test_the_best_checkpoint_follows_train_best_metric(tmp_path, best_metric, best):
+    from nafnet_jax.training import checkpointing
+
+    # Raw PSNR peaks at step 1, EMA PSNR at step 2; step 3 is the latest (kept with keep=1).
+    manager = _save_scored_steps(tmp_path / "ckpt", best_metric, [(30.0, 29.0), (29.5, 31.0), (29.0, 30.0)])
+    try:
+        assert checkpointing.best_step(manager) == best
+        assert sorted(manager.all_steps()) == sorted({best, 3}), "the preservation policy kept other steps"
+        assert manager.metrics(best)["val_psnr_ema"] == [29.0, 31.0][best - 1]
+    finally:
+        manager.close()
+
+
+def test_checkpoints_from_before_best_metric_rank_by_validation_psnr():
+    from nafnet_jax.training import checkpointing
+    assert checkpointing.ranking_value({"val_psnr": 31.5}) == 31.5
+    assert checkpointing.ranking_value({"best": 0.9, "val_psnr": 31.5}) == 0.9
+    assert checkpointing.ranking_value(None) is None
+
+
+@pytest.mark.parametrize("metric, ema_decay, message", [
+    ("val/lpips", 0.0, "train.best_metric='val/lpips': expected one of"),
+    ("val/psnr_ema", 0.0, "train.best_metric='val/psnr_ema': the run keeps no EMA parameters"),
+])
+def test_an_unavailable_best_metric_is_a_config_error_before_the_workdir_exists(tmp_path, metric, ema_decay,
+                                                                               message):
+    from nafnet_jax.config import base_config, validate_config
+    from nafnet_jax.training.trainer import train_and_evaluate
+
+    config = base_config()
+    config.train.best_metric, config.train.ema_decay = metric, ema_decay
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, str(tmp_path / "workdir"))
+    assert not (tmp_path / "workdir").exists()
+    config.train.ema_decay = 0.999
+    if metric.endswith("_ema"):
+        validate_config(config)  # available once the run keeps an EMA

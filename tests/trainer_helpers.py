@@ -89,12 +89,13 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
-def config_from_overrides(overrides: Sequence[str]):
-    """configs/demo.py's config with `--config.key=value` overrides applied (for in-process runs)."""
+def config_from_overrides(overrides: Sequence[str], config_file=REPO / "configs" / "demo.py"):
+    """A config file's config (configs/demo.py's by default) with `--config.key=value` overrides applied
+    (for in-process runs)."""
     import ast
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
+    spec = importlib.util.spec_from_file_location("demo_config", config_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()

@@ -1,11 +1,31 @@
-"""Image files in and out for the restore CLI and eval: bit depth, grayscale and alpha kept.
+"""The one image reader (training folders, eval.py, nafnet-restore) and the PNG writer.
 
-Reading:
-  * PNG through TensorFlow's libpng decoder (`tf.io.decode_png`), because
-    Pillow silently reduces 16-bit RGB/RGBA PNGs to 8 bits; the bit depth is
-    read from the PNG header;
-  * TIFF through tifffile (16-bit RGB), everything else (JPEG, BMP, WebP, ...)
-    through Pillow, with the EXIF orientation applied.
+Every image file a user gives this project is read by `read_pixels` (integer pixels) or
+`read_image` (the model's float view), under one rule set:
+
+  * Formats: PNG through TensorFlow's libpng decoder (`tf.io.decode_png`: Pillow silently
+    reduces 16-bit RGB/RGBA PNGs to 8 bits); TIFF through tifffile (16-bit RGB); everything
+    else (JPEG, BMP, WebP, PPM, ...) through Pillow.
+  * EXIF orientation: applied (the pixels come out as a viewer shows the file) for every format
+    read through Pillow or tifffile (JPEG, WebP, TIFF, ...). A PNG's rare eXIf chunk is not
+    read: PNG pixels are used as stored. Both files of a pair follow the same rule, so a pair
+    whose files carry different orientations fails the size check (naming both) or misaligns
+    exactly as a viewer would show it.
+  * Bit depth: 8 and 16 bits per channel are kept (uint8 / uint16 pixels); the float image is
+    `to_unit(pixels)`: value / 255 or value / 65535 in float32 (1-, 2- and 4-bit PNGs decode
+    to 8 bits). 32-bit integer luminance within 0..65535 is read as 16 bits; float pixels are
+    an error.
+  * Grayscale (L, 1-bit, 16-bit gray): replicated to 3 channels for the model
+    (`Picture.grayscale` remembers it; nafnet-restore writes grayscale back).
+  * Alpha (RGBA, LA, palette with transparency): split off (`Picture.alpha`); the colour is
+    used as stored (not composited onto a background). nafnet-restore copies the alpha to its
+    output unchanged; the paired-folder reader (training and eval.py, `nafnet_jax.data.images`)
+    drops an alpha that is fully opaque and refuses a file with transparent pixels, naming it.
+  * Palette images expand through their palette; other modes (CMYK, YCbCr, LAB, ...) are
+    converted to RGB by Pillow.
+  * Errors: `ImageReadError` (a ValueError) naming the file: unreadable, empty, truncated,
+    not an image, unsupported pixel type.
+
 Writing: PNG only, 8 or 16 bits, 1 to 4 channels (`tf.io.encode_png`), to a
 temporary file in the destination folder that is then renamed over the
 destination, so a crash never leaves a half-written image. Written files get
@@ -30,6 +50,8 @@ import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
+EXIF_ORIENTATION_TAG = 0x0112
 PathLike = Union[str, os.PathLike]
 
 
@@ -42,7 +64,8 @@ class Picture:
     """A decoded image, split into what the model sees and what is kept aside.
 
     Attributes:
-      rgb: (H, W, 3) float32 in [0, 1]; a grayscale image is replicated to 3 channels.
+      rgb: (H, W, 3) float32 in [0, 1] (`to_unit` of the colour channels); a grayscale image is
+        replicated to 3 channels.
       bit_depth: 8 or 16 (bits per channel in the file).
       grayscale: the file had one luminance channel (plus maybe alpha).
       alpha: (H, W) alpha channel in the file's integer dtype, or None.
@@ -56,6 +79,21 @@ class Picture:
     @property
     def max_value(self) -> int:
         return (1 << self.bit_depth) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding the pixels.
+
+    width/height are those of the pixels `read_pixels` returns (after the EXIF orientation).
+    """
+    path: str
+    width: int
+    height: int
+    mode: str         # Pillow's mode of the stored pixels, e.g. 'RGB', 'L', 'RGBA', 'I;16', 'P'
+    bits: int         # bits per channel as read: 8 or 16
+    format: str       # 'PNG', 'JPEG', 'TIFF', ...
+    orientation: int  # EXIF orientation applied on reading (1: none)
 
 
 _TF = None
@@ -79,6 +117,18 @@ def _tf():
 # Reading.
 # ---------------------------------------------------------------------------
 
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 pixels -> float32 in [0, 1]: value / 255 or / 65535 (the one rule for both).
+
+    An 8-bit value v stored as v * 257 in uint16 gives exactly the same float as v in uint8
+    (both are the correctly rounded v / 255).
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"unsupported pixel type {pixels.dtype} (expected 8 or 16 bits)")
+    return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
+
 def picture_from_array(pixels: np.ndarray) -> Picture:
     """Splits an integer (H, W), (H, W, 1..4) uint8/uint16 array into a `Picture`."""
     if pixels.dtype == np.uint8:
@@ -95,10 +145,44 @@ def picture_from_array(pixels: np.ndarray) -> Picture:
     grayscale = channels in (1, 2)
     colour = pixels[..., :1] if grayscale else pixels[..., :3]
     alpha = pixels[..., -1].copy() if channels in (2, 4) else None
-    rgb = colour.astype(np.float32) / np.float32((1 << depth) - 1)
+    rgb = to_unit(colour)
     if grayscale:
         rgb = np.repeat(rgb, 3, axis=-1)
     return Picture(rgb=rgb, bit_depth=depth, grayscale=grayscale, alpha=alpha)
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, ...) pixels as stored -> as shown, for an EXIF orientation 1..8 (others: unchanged).
+
+    The same transforms as Pillow's `ImageOps.exif_transpose` (tested against it).
+    """
+    transforms = {
+        2: lambda a: a[:, ::-1],                    # mirrored left-right
+        3: lambda a: a[::-1, ::-1],                 # rotated 180
+        4: lambda a: a[::-1],                       # mirrored top-bottom
+        5: lambda a: np.swapaxes(a, 0, 1),          # transposed
+        6: lambda a: np.rot90(a, k=-1),             # rotated 90 clockwise
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],  # transversed
+        8: lambda a: np.rot90(a, k=1),              # rotated 90 counter-clockwise
+    }
+    transform = transforms.get(int(orientation))
+    return pixels if transform is None else np.ascontiguousarray(transform(pixels))
+
+
+def _valid_orientation(value) -> int:
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _kind(data: bytes, suffix: str) -> str:
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if suffix.lower() in TIFF_SUFFIXES or data[:4] in TIFF_SIGNATURES:
+        return "tiff"
+    return "pillow"
 
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -115,16 +199,8 @@ def _decode_png(data: bytes) -> np.ndarray:
         raise ImageReadError(f"corrupt PNG ({reason})") from None
 
 
-def _decode_pillow(data: bytes) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image in a format this tool reads") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"not a readable image ({e})") from e
+def _pillow_pixels(im) -> np.ndarray:
+    """A loaded Pillow image -> integer (H, W[, C]) pixels as stored (no orientation)."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(im, dtype=np.uint16)
@@ -133,6 +209,8 @@ def _decode_pillow(data: bytes) -> np.ndarray:
         if arr.min() < 0 or arr.max() > 65535:
             raise ImageReadError("32-bit integer images are not supported")
         return arr.astype(np.uint16)
+    if mode == "F":
+        raise ImageReadError("floating-point images are not supported")
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode == "PA":
@@ -140,10 +218,29 @@ def _decode_pillow(data: bytes) -> np.ndarray:
     elif mode == "1":
         im = im.convert("L")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
-        if mode == "F":
-            raise ImageReadError("floating-point images are not supported")
         im = im.convert("RGBA" if "A" in mode else "RGB")
     return np.asarray(im)
+
+
+def _decode_pillow(data: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            orientation = _valid_orientation(im.getexif().get(EXIF_ORIENTATION_TAG, 1))
+            pixels = _pillow_pixels(im)
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image in a format this tool reads") from None
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"not a readable image ({e})") from e
+    return apply_orientation(pixels, orientation)
+
+
+def _tiff_orientation(tif) -> int:
+    tag = tif.pages[0].tags.get(274)  # TIFF/EXIF Orientation
+    return _valid_orientation(tag.value if tag is not None else 1)
 
 
 def _decode_tiff(data: bytes) -> np.ndarray:
@@ -152,33 +249,115 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     except ImportError:  # Pillow reads 8-bit and grayscale TIFFs
         return _decode_pillow(data)
     try:
-        arr = tifffile.imread(io.BytesIO(data))
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            arr = tif.asarray()
+            orientation = _tiff_orientation(tif)
     except Exception as e:  # tifffile raises a variety of types for bad files
         raise ImageReadError(f"not a readable TIFF ({e})") from e
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar -> interleaved
-    return arr
+    return apply_orientation(arr, orientation)
 
 
-def read_image(path: PathLike) -> Picture:
-    """Reads an image file into a `Picture` (raises ImageReadError naming the file)."""
-    path = Path(path)
+def decode_pixels(data: bytes, path: PathLike = "<bytes>") -> np.ndarray:
+    """Encoded image bytes -> integer pixels (H, W[, C]) uint8/uint16, oriented (module rules).
+
+    `path` names the file in errors and gives its extension (TIFF detection).
+    """
+    if not data:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        kind = _kind(data, Path(path).suffix)
+        if kind == "png":
+            pixels = _decode_png(data)
+        elif kind == "tiff":
+            pixels = _decode_tiff(data)
+        else:
+            pixels = _decode_pillow(data)
+        if pixels.dtype not in (np.uint8, np.uint16):
+            raise ImageReadError(f"unsupported pixel type {pixels.dtype} (expected 8 or 16 bits)")
+        return pixels
+    except ImageReadError as e:
+        raise ImageReadError(f"{path}: {e}") from e
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageReadError(f"{path}: cannot read ({e.strerror or e})") from e
     if not data:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+def read_pixels(path: PathLike) -> np.ndarray:
+    """Reads an image file as integer pixels (H, W[, C]) uint8/uint16, oriented (module rules)."""
+    path = Path(path)
+    return decode_pixels(_read_bytes(path), path)
+
+
+def read_image(path: PathLike) -> Picture:
+    """Reads an image file into a `Picture` (raises ImageReadError naming the file)."""
+    path = Path(path)
+    pixels = read_pixels(path)  # its errors name the file
     try:
-        if data.startswith(PNG_SIGNATURE):
-            pixels = _decode_png(data)
-        elif path.suffix.lower() in TIFF_SUFFIXES:
-            pixels = _decode_tiff(data)
-        else:
-            pixels = _decode_pillow(data)
         return picture_from_array(pixels)
     except ImageReadError as e:
         raise ImageReadError(f"{path}: {e}") from e
+
+
+def inspect_image(path: PathLike) -> ImageHeader:
+    """Reads only the header of `path` (no pixel decode); raises ImageReadError naming the file."""
+    path_str = os.fspath(path)
+    try:
+        with open(path_str, "rb") as f:
+            head = f.read(64)
+            f.seek(0)
+            kind = _kind(head, Path(path_str).suffix)
+            if kind == "tiff":
+                header = _inspect_tiff(f, path_str)
+                if header is not None:
+                    return header
+                f.seek(0)
+            from PIL import Image
+            with Image.open(f) as im:
+                mode, (width, height), fmt = im.mode, im.size, im.format or ""
+                orientation = 1 if kind == "png" else _valid_orientation(
+                    im.getexif().get(EXIF_ORIENTATION_TAG, 1))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path_str}: file not found") from None
+    except Exception as e:  # Pillow raises many types for bad files
+        raise ImageReadError(f"{path_str}: not a readable image ({type(e).__name__}: {e})") from e
+    if kind == "png" and len(head) > 24:
+        bits = 16 if head[24] == 16 else 8
+    else:
+        bits = 16 if mode.startswith("I;16") or mode == "I" else 8
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageHeader(path_str, width, height, mode, bits, fmt, orientation)
+
+
+def _inspect_tiff(f, path: str) -> Optional[ImageHeader]:
+    """A TIFF's header through tifffile (which reads 16-bit RGB), or None without tifffile."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    with tifffile.TiffFile(f) as tif:
+        page = tif.pages[0]
+        shape, orientation = page.shape, _tiff_orientation(tif)
+        bits = 16 if page.dtype.itemsize == 2 else 8
+        samples = page.samplesperpixel
+    if len(shape) == 3 and shape[0] == samples and samples in (3, 4) and shape[-1] not in (1, 2, 3, 4):
+        shape = shape[1:]  # planar
+    height, width = shape[0], shape[1]
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(samples, "RGB")
+    if bits == 16:
+        mode = "I;16" if samples == 1 else mode
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageHeader(path, int(width), int(height), mode, bits, "TIFF", orientation)
 
 
 # ---------------------------------------------------------------------------

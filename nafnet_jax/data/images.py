@@ -1,22 +1,28 @@
-"""Reading, validating and pairing image files.
+"""Dataset files: the paired-folder reader (one rule set for training and eval.py) and its checks.
 
-Every image file the data package reads goes through `read_rgb8`, which returns uint8 (H, W, 3) RGB
-or raises `BadDataError` naming the file. Files that are not 8-bit RGB are converted as follows
-(each conversion is counted in a `DataReport` and logged with the files it touched):
+Pixels are read by the project's one image reader, `nafnet_jax.data.image_io` (its module doc
+has the rules: EXIF orientation applied, 8 and 16 bits kept, grayscale replicated to RGB, alpha
+split off). On top of it, a *pair* of a restoration dataset follows these rules:
 
-  ==========================  ===========================================================
-  file                        conversion
-  ==========================  ===========================================================
-  grayscale (L, 1-bit)        channel repeated to RGB
-  16 bits per channel         high byte kept (v >> 8), as Pillow and OpenCV's 8-bit reads do
-  palette (P)                 expanded through the palette (lossless)
-  RGBA / LA, fully opaque     alpha dropped
-  RGBA / LA / P, transparent  error: restoration pairs need opaque pixels; flatten the file first
-  CMYK, YCbCr, float, ...     error: unsupported mode
-  truncated / not an image    error
-  ==========================  ===========================================================
+  * Pairing (`pair_folders`, used by training's paired-folder source, the tfds paired_folder
+    builder and eval.py --lq_dir/--gt_dir): files match by stem, i.e. their path relative to
+    the folder without the extension, so `lq/a.jpg` pairs with `gt/a.png` and `lq/sub/b.png`
+    with `gt/sub/b.png`. The pair is known by that key ('a', 'sub/b'). A file without a
+    partner, two files of one folder sharing a stem (`a.png` and `a.jpg`), an empty or missing
+    folder are errors naming the files. Files with other extensions are ignored (reported).
+  * Pixels (`read_pair_pixels`): (H, W, 3) RGB, uint8 or uint16 as the folder needs (an 8-bit
+    file in a uint16 folder is scaled by 257, which gives exactly the same float image);
+    grayscale replicated; an opaque alpha dropped; transparent pixels are an error (the colour
+    under them is undefined for a restoration pair: flatten the file first). Both files of a
+    pair must have the same (oriented) size.
+  * The float image is `image_io.to_unit(pixels)`, in eval.py, in training (the tf.data
+    pipeline divides by the same maximum) and in nafnet-restore (`image_io.read_image`).
+  * Storing for tfds (`read_rgb8`, `png_bytes_rgb8`: the prepared builders' PNGs are 8-bit):
+    a 16-bit file is rounded to 8 bits there (round(v * 255 / 65535)), reported; the direct
+    folder source (the default for paired_folder) keeps 16 bits.
 
-EXIF orientation is ignored (pixels are used as stored), so an lq/gt pair stays aligned.
+Every conversion is counted in a `DataReport` and logged with the files it touched; every error
+is a `BadDataError` naming the file.
 """
 
 from __future__ import annotations
@@ -31,14 +37,18 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from nafnet_jax.data import image_io
+from nafnet_jax.data.image_io import ImageHeader
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 _MAX_LISTED = 5  # how many offending files an error or log line names before "and N more"
 
-# Pillow modes we accept, by what has to happen to reach 8-bit RGB.
+# Pillow modes, by what happens on the way to RGB.
 _GRAY_MODES = ('1', 'L', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _ALPHA_MODES = ('RGBA', 'LA', 'PA', 'La', 'RGBa')
+SIXTEEN_TO_EIGHT = '16-bit -> 8-bit (rounded, for 8-bit PNG storage)'
 
 
 class BadDataError(ValueError):
@@ -78,119 +88,111 @@ class DataReport:
             log.warning('%s:\n%s', what, text)
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageHeader:
-    """What a file's header says, read without decoding the pixels."""
-    path: str
-    width: int
-    height: int
-    mode: str  # Pillow mode, e.g. 'RGB', 'L', 'RGBA', 'I;16'
-    bits: int  # bits per channel (8 or 16)
-    format: str  # 'PNG', 'JPEG', ...
-
-
-def _png_bit_depth(head: bytes) -> int | None:
-    """Bit depth from a PNG's IHDR chunk (byte 24), or None for other formats."""
-    if head[:8] == b'\x89PNG\r\n\x1a\n' and len(head) >= 25:
-        return head[24]
-    return None
-
-
 def inspect_image(path: str | os.PathLike) -> ImageHeader:
-    """Reads only the header of `path`; raises BadDataError if it is not a readable image."""
-    path = os.fspath(path)
+    """Reads only the header of `path` (`image_io.inspect_image`); BadDataError if unreadable."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(32)
-            f.seek(0)
-            with Image.open(f) as im:
-                mode, (width, height), fmt = im.mode, im.size, im.format
-    except FileNotFoundError:
-        raise BadDataError(f'{path}: file not found') from None
-    except Exception as e:  # Pillow raises many types for bad files
-        raise BadDataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from e
-    bits = _png_bit_depth(head) or (16 if mode.startswith('I;16') else 8)
-    return ImageHeader(path, width, height, mode, bits, fmt or '')
+        return image_io.inspect_image(path)
+    except image_io.ImageReadError as e:
+        raise BadDataError(str(e)) from e
 
 
-def conversions_for(header: ImageHeader) -> list[str]:
-    """The conversions (see module doc) `read_rgb8` will apply; raises for unsupported modes."""
+def conversions_for(header: ImageHeader, to_8bit: bool = False) -> list[str]:
+    """The conversions (see module doc) reading `header`'s file as a pair image will apply.
+
+    to_8bit: the pixels are stored as 8 bits (tfds builders), so 16-bit files are rounded.
+    """
     mode, kinds = header.mode, []
-    if header.bits == 16 or mode.startswith('I;16'):
-        kinds.append('16-bit -> 8-bit (v >> 8)')
+    if header.orientation != 1:
+        kinds.append('EXIF orientation applied')
+    if to_8bit and header.bits == 16:
+        kinds.append(SIXTEEN_TO_EIGHT)
     if mode in _GRAY_MODES:
         kinds.append('grayscale -> RGB')
     elif mode in ('P', 'PA'):
         kinds.append('palette -> RGB')
     elif mode not in ('RGB',) + _ALPHA_MODES:
-        raise BadDataError(f'{header.path}: unsupported image mode {mode!r}; '
-                           'convert it to 8-bit RGB (PNG) first')
+        kinds.append(f'{mode} -> RGB')
     if mode in _ALPHA_MODES:
         kinds.append('opaque alpha dropped')
     return kinds
 
 
-def _to_rgb8(im: Image.Image, path: str) -> np.ndarray:
-    """Converts a loaded Pillow image to uint8 (H, W, 3) following the module-doc table."""
-    mode = im.mode
-    if mode in ('P', 'PA'):
-        im = im.convert('RGBA')  # palette entries may carry transparency
-        mode = 'RGBA'
-    if mode in _ALPHA_MODES:
-        arr = np.asarray(im)
-        if not np.all(arr[..., -1] == 255):
-            raise BadDataError(f'{path}: has transparent pixels (mode {im.mode}); restoration '
-                               'pairs need opaque images: flatten it onto a background first')
-        rgb = arr[..., :-1]
-        return np.ascontiguousarray(np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb)
-    if mode in _GRAY_MODES:
-        arr = np.asarray(im)
-        if mode.startswith('I'):  # 16-bit (or 32-bit int) gray: keep the high byte of 16 bits
-            if arr.min() < 0 or arr.max() > 65535:
-                raise BadDataError(f'{path}: integer image with values outside 0..65535')
-            arr = (arr.astype(np.uint32) >> 8).astype(np.uint8)
-        arr = arr.astype(np.uint8)  # mode '1' gives bool
-        if mode == '1':
-            arr = arr * np.uint8(255)
-        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=-1))
-    if mode == 'RGB':
-        return np.asarray(im, dtype=np.uint8)
-    raise BadDataError(f'{path}: unsupported image mode {mode!r}; convert it to 8-bit RGB first')
+def pair_pixels(pixels: np.ndarray, path: str, dtype=None) -> np.ndarray:
+    """Integer pixels as read (`image_io.read_pixels`) -> (H, W, 3) RGB under the pair rules.
+
+    dtype: np.uint8 or np.uint16 for the result (None: the file's own); an 8-bit file in uint16
+    is scaled by 257 (the same float image), a 16-bit file in uint8 is rounded (tfds storage).
+    """
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    channels = pixels.shape[-1]
+    if pixels.ndim != 3 or channels not in (1, 2, 3, 4):
+        raise BadDataError(f'{path}: unsupported image shape {pixels.shape} (expected 1 to 4 channels)')
+    if channels in (2, 4):
+        alpha = pixels[..., -1]
+        if not np.all(alpha == np.iinfo(pixels.dtype).max):
+            raise BadDataError(f'{path}: has transparent pixels; restoration pairs need opaque '
+                               'images: flatten it onto a background first')
+        pixels = pixels[..., :-1]
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    dtype = pixels.dtype if dtype is None else np.dtype(dtype)
+    if dtype != pixels.dtype:
+        if dtype == np.uint16:  # from uint8
+            pixels = pixels.astype(np.uint16) * np.uint16(257)
+        else:  # uint16 -> uint8: rounded as image_io.quantize
+            pixels = image_io.quantize(image_io.to_unit(pixels), 8)
+    return np.ascontiguousarray(pixels)
 
 
-def decode_rgb8(data: bytes, path: str, report: DataReport | None = None) -> np.ndarray:
-    """Decodes encoded image bytes (read from `path`, named in errors) to uint8 (H, W, 3) RGB."""
+def decode_pair_pixels(data: bytes, path: str, dtype=None, report: DataReport | None = None) -> np.ndarray:
+    """Encoded bytes of a pair's file -> (H, W, 3) RGB (`pair_pixels`); BadDataError naming `path`."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            header = ImageHeader(path, im.size[0], im.size[1], im.mode,
-                                 _png_bit_depth(data[:32]) or 8, im.format or '')
-            kinds = conversions_for(header)
-            arr = _to_rgb8(im, path)
-    except BadDataError:
-        raise
-    except Exception as e:  # truncated, corrupt or not an image at all
-        raise BadDataError(f'{path}: cannot decode image ({type(e).__name__}: {e})') from e
-    if report is not None:
-        for kind in kinds:
-            report.convert(kind, path)
-    return arr
+        pixels = image_io.decode_pixels(data, path)
+        if report is not None:
+            _report_decoded(data, path, pixels, dtype, report)
+        return pair_pixels(pixels, path, dtype)
+    except image_io.ImageReadError as e:
+        reason = str(e)[len(f'{path}: '):] if str(e).startswith(f'{path}: ') else str(e)
+        raise BadDataError(f'{path}: cannot decode image ({reason})') from e
 
 
-def read_rgb8(path: str | os.PathLike, report: DataReport | None = None) -> np.ndarray:
-    """Reads an image file as uint8 (H, W, 3) RGB, converting per the module-doc table."""
+def _report_decoded(data: bytes, path: str, pixels: np.ndarray, dtype, report: DataReport) -> None:
+    """Records the conversions of one decoded file (by its header, as `check_pair_headers`)."""
+    try:
+        header = image_io.inspect_image(path)
+    except image_io.ImageReadError:
+        return  # the bytes decoded: a header we cannot re-read adds nothing to report
+    for kind in conversions_for(header, to_8bit=np.dtype(dtype or pixels.dtype) == np.uint8):
+        report.convert(kind, path)
+
+
+def read_pair_pixels(path: str | os.PathLike, dtype=None, report: DataReport | None = None) -> np.ndarray:
+    """Reads one file of a pair as (H, W, 3) RGB integer pixels (module-doc rules)."""
     path = os.fspath(path)
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
         raise BadDataError(f'{path}: cannot read file ({e})') from e
-    return decode_rgb8(data, path, report)
+    if not data:
+        raise BadDataError(f'{path}: empty file (0 bytes)')
+    return decode_pair_pixels(data, path, dtype, report)
+
+
+def decode_rgb8(data: bytes, path: str, report: DataReport | None = None) -> np.ndarray:
+    """Decodes encoded image bytes (read from `path`, named in errors) to uint8 (H, W, 3) RGB."""
+    return decode_pair_pixels(data, path, np.uint8, report)
+
+
+def read_rgb8(path: str | os.PathLike, report: DataReport | None = None) -> np.ndarray:
+    """Reads an image file as uint8 (H, W, 3) RGB (pair rules; 16-bit files rounded to 8 bits)."""
+    return read_pair_pixels(path, np.uint8, report)
 
 
 def is_plain_png(data: bytes) -> bool:
     """True for a PNG stored as 8-bit RGB (colour type 2), whose bytes can be kept as they are."""
-    return _png_bit_depth(data[:32]) == 8 and data[25] == 2
+    return data.startswith(image_io.PNG_SIGNATURE) and len(data) > 25 and data[24] == 8 and data[25] == 2
 
 
 def encode_png(image: np.ndarray, compress_level: int = 3) -> bytes:
@@ -282,21 +284,26 @@ def pair_folders(lq_dir: str | os.PathLike, gt_dir: str | os.PathLike,
                        f'{os.fspath(lq_dir)} vs {os.fspath(gt_dir)}')
 
 
-def check_pair_headers(pairs: Iterable[Pair], report: DataReport | None = None) -> None:
-    """Header-only checks of every pair: readable, supported mode, equal sizes (no pixel decode).
+def check_pair_headers(pairs: Iterable[Pair], report: DataReport | None = None,
+                       to_8bit: bool = False) -> int:
+    """Header-only checks of every pair: readable, equal (oriented) sizes (no pixel decode).
 
-    Records in `report` the conversions the reads will make. Raises BadDataError naming the file.
+    Records in `report` the conversions the reads will make (`to_8bit`: stored as 8 bits).
+    Returns the largest bit depth seen (8 or 16). Raises BadDataError naming the file.
     """
+    bits = 8
     for pair in pairs:
         gt = inspect_image(pair.gt)
         lq = gt if pair.lq == pair.gt else inspect_image(pair.lq)
         for header in dict.fromkeys((lq, gt)):
-            for kind in conversions_for(header):
+            bits = max(bits, header.bits)
+            for kind in conversions_for(header, to_8bit):
                 if report is not None:
                     report.convert(kind, header.path)
         if (lq.width, lq.height) != (gt.width, gt.height):
             raise BadDataError(f'pair {pair.name!r}: sizes differ: {pair.lq} is '
                                f'{lq.width}x{lq.height}, {pair.gt} is {gt.width}x{gt.height}')
+    return bits
 
 
 def check_same_size(name: str, lq_shape, gt_shape, lq_path: str, gt_path: str) -> None:

@@ -100,22 +100,37 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int) -> t
     return lo, lo + base + (1 if process_index < extra else 0)
 
 
-_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+def _pixel_dtype(source: PairSource) -> np.dtype:
+    """The integer pixel type `source.load` returns: uint8 (tfds PNGs) or uint16 (16-bit folders)."""
+    return np.dtype(getattr(source, 'dtype', np.uint8))
+
+
+def _to_unit(image: tf.Tensor, max_value: int) -> tf.Tensor:
+    """Integer pixels -> float32 [0, 1] as nafnet_jax.data.image_io.to_unit (value / max, exactly)."""
+    return tf.cast(image, tf.float32) / float(max_value)
+
+
+def _to_255(image: tf.Tensor, max_value: int) -> tf.Tensor:
+    """Integer pixels -> float32 on the 0..255 scale the degradations work on."""
+    x = tf.cast(image, tf.float32)
+    return x if max_value == 255 else x * (255.0 / max_value)
 
 
 def _load_fn(source: PairSource, with_name: bool, need_lq: bool):
-    """A tf function index -> (lq uint8, gt uint8[, name]) reading `source` in Python.
+    """A tf function index -> (lq, gt[, name]) reading `source` in Python (pixels: `_pixel_dtype`).
 
     need_lq=False: lq is not read (the degradation makes it from gt) and gt is returned in its
     place, so the caller's graph is the same either way.
     """
+    dtype = _pixel_dtype(source)
+    no_image = np.zeros((0, 0, 3), dtype)
 
     def load(index):
         lq, gt, name = source.load(int(index), need_lq)
-        lq = _NO_IMAGE if lq is None else lq
+        lq = no_image if lq is None else lq
         return (lq, gt, name) if with_name else (lq, gt)
 
-    out_types = [tf.uint8, tf.uint8] + ([tf.string] if with_name else [])
+    out_types = [tf.as_dtype(dtype)] * 2 + ([tf.string] if with_name else [])
 
     def tf_load(index):
         outputs = tf.numpy_function(load, [index], out_types, stateful=False)
@@ -144,27 +159,28 @@ def _fold(seed: tf.Tensor, salt: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, salt)
 
 
-def _train_crop(lq, gt, seed, config, spec: degradations.DegradationSpec | None):
+def _train_crop(lq, gt, seed, config, spec: degradations.DegradationSpec | None,
+                max_value: int = 255):
     """One training pair: crop (+ margin for blur), flips, degradation; float32 [0, 1] (c, c, 3).
 
-    The flips act on the uint8 window (4x less data than float); the window is square and its
+    The flips act on the integer window (less data than float); the window is square and its
     margin equal on all sides, so flipping before degrading and cropping the margin is the same as
-    flipping after.
+    flipping after. max_value: 255 (uint8 pixels) or 65535 (uint16).
     """
     size, margin = config['crop_size'], (spec.margin if spec else 0)
     lq, gt = transforms.paired_random_crop(lq, gt, size, _fold(seed, 1), margin)
     lq, gt = transforms.paired_dihedral(lq, gt, _fold(seed, 2), config['use_flip'],
                                         config['use_rot'])
-    gt = tf.cast(gt, tf.float32)
     if spec is None:
-        lq = tf.cast(lq, tf.float32)
+        lq = _to_unit(lq, max_value)
     else:
-        lq = degradations.degrade(gt if spec.source == 'gt' else tf.cast(lq, tf.float32), spec,
-                                  _fold(seed, 3))
+        lq = degradations.degrade(_to_255(gt if spec.source == 'gt' else lq, max_value), spec,
+                                  _fold(seed, 3)) / 255.0
+    gt = _to_unit(gt, max_value)
     lq, gt = transforms.center_crop(lq, margin), transforms.center_crop(gt, margin)
     lq.set_shape([size, size, 3])
     gt.set_shape([size, size, 3])
-    return lq / 255.0, gt / 255.0
+    return lq, gt
 
 
 def _options() -> tf.data.Options:
@@ -211,13 +227,15 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
         return unit, lo + pos
 
     load = _load_fn(source, with_name=False, need_lq=_needs_lq(spec))
+    max_value = int(np.iinfo(_pixel_dtype(source)).max)
 
     def crops(unit, lq, gt):
         # k elements (local element index, lq, gt) sharing the decoded images (no copies).
         return tf.data.Dataset.range(k).map(_graph_fn(lambda j: (unit * k + j, lq, gt)))
 
     def train_pair(local_index, lq, gt):
-        return _train_crop(lq, gt, _element_seed(seed, local_index, p, count), data_config, spec)
+        return _train_crop(lq, gt, _element_seed(seed, local_index, p, count), data_config, spec,
+                           max_value)
 
     ds = tf.data.Dataset.range(unit0, _INT64_MAX)
     ds = ds.map(_graph_fn(image_index))
@@ -274,13 +292,15 @@ class EvalDataset:
 
     def as_tf_dataset(self) -> tf.data.Dataset:
         spec, seed = self._spec, self._seed
+        max_value = int(np.iinfo(_pixel_dtype(self._source)).max)
 
         def to_example(index, lq, gt, name):
-            lq, gt = tf.cast(lq, tf.float32), tf.cast(gt, tf.float32)
-            if spec is not None:  # seeded by the image's index: the same lq on every run/host
-                lq = degradations.degrade(gt if spec.source == 'gt' else lq, spec,
-                                          tf.stack([tf.constant(seed, tf.int64), index]))
-            return {'lq': lq / 255.0, 'gt': gt / 255.0, 'name': name}
+            if spec is None:
+                lq = _to_unit(lq, max_value)
+            else:  # seeded by the image's index: the same lq on every run/host
+                lq = degradations.degrade(_to_255(gt if spec.source == 'gt' else lq, max_value), spec,
+                                          tf.stack([tf.constant(seed, tf.int64), index])) / 255.0
+            return {'lq': lq, 'gt': _to_unit(gt, max_value), 'name': name}
 
         load = _load_fn(self._source, with_name=True, need_lq=_needs_lq(spec))
         ds = tf.data.Dataset.from_tensor_slices(

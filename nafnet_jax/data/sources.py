@@ -15,16 +15,20 @@ import tensorflow_datasets as tfds
 
 from nafnet_jax.data.builders.paired_folder import folder_pairs, paired_folder_config
 from nafnet_jax.data.builders.streaming import StreamingBuilder
-from nafnet_jax.data.images import DataReport, check_pair_headers, check_same_size, read_rgb8
+from nafnet_jax.data.images import DataReport, check_pair_headers, check_same_size, read_pair_pixels
 
 log = logging.getLogger(__name__)
 
 
 class PairSource(Protocol):
-    """`len(source)` pairs; `source.load(i)` -> (lq uint8 (H,W,3), gt uint8 (H,W,3), name).
+    """`len(source)` pairs; `source.load(i)` -> (lq (H,W,3), gt (H,W,3), name), pixels of `source.dtype`.
 
-    With need_lq=False the lq image is not read (None): a degradation of gt replaces it.
+    dtype: np.uint8 or np.uint16 (integer pixels; the float image is value / its maximum, as
+    `nafnet_jax.data.image_io.to_unit`). With need_lq=False the lq image is not read (None): a
+    degradation of gt replaces it.
     """
+
+    dtype: type
 
     def __len__(self) -> int: ...
 
@@ -33,12 +37,16 @@ class PairSource(Protocol):
 
 
 class FolderPairSource:
-    """Pairs of two folders matched by file name, read and validated on each access.
+    """The paired-folder reader: two folders' images matched by stem, read on each access.
 
+    The rules (pairing by stem, EXIF orientation, 16 bits kept, grayscale, alpha) are
+    nafnet_jax.data.images' and image_io's; training (data.dataset='paired_folder') and eval.py
+    (--lq_dir/--gt_dir, via `nafnet_jax.evaluation.evaluate.FolderDataset`) both read through it.
     Construction lists both folders and reads every header (no pixel decode): missing
-    counterparts, unequal sizes, unreadable headers and unsupported modes fail here, naming the
-    file; conversions (grayscale, 16-bit, opaque alpha: see nafnet_jax.data.images) are counted and
-    logged. A file whose pixels turn out corrupt fails when first read, naming it.
+    counterparts, duplicate stems, unequal sizes and unreadable headers fail here, naming the
+    file; conversions are counted and logged. A file whose pixels turn out corrupt (or
+    transparent) fails when first read, naming it. Pixels are uint16 if any file of the folders
+    has 16 bits (8-bit files then scaled by 257: the same float image), else uint8.
     gt_dir only (lq_dir=None): clean images, lq = gt.
     """
 
@@ -46,7 +54,8 @@ class FolderPairSource:
         self.pairs = folder_pairs(gt_dir, lq_dir)
         self.clean = lq_dir is None
         self.report = DataReport()
-        check_pair_headers(self.pairs, self.report)
+        bits = check_pair_headers(self.pairs, self.report)
+        self.dtype = np.uint16 if bits > 8 else np.uint8
         self.report.log(f'paired folders lq={lq_dir} gt={gt_dir}')
 
     def __len__(self) -> int:
@@ -55,16 +64,18 @@ class FolderPairSource:
     def load(self, index: int, need_lq: bool = True
              ) -> tuple[np.ndarray | None, np.ndarray, str]:
         pair = self.pairs[index]
-        gt = read_rgb8(pair.gt)
+        gt = read_pair_pixels(pair.gt, self.dtype)
         if self.clean or not need_lq:
             return (gt if need_lq else None), gt, pair.name
-        lq = read_rgb8(pair.lq)
+        lq = read_pair_pixels(pair.lq, self.dtype)
         check_same_size(pair.name, lq.shape, gt.shape, pair.lq, pair.gt)
         return lq, gt, pair.name
 
 
 class TfdsPairSource:
     """A split of a prepared tfds builder (array_record), decoded on access."""
+
+    dtype = np.uint8  # the builders store 8-bit PNGs
 
     def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
         self._source = builder.as_data_source(split)

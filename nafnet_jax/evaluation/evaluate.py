@@ -36,7 +36,8 @@ import ml_collections
 import numpy as np
 
 from nafnet_jax.evaluation import inference, metrics
-from nafnet_jax.training.checkpointing import PARAMETER_FIELDS, ModelMismatchError, summarize_differences
+from nafnet_jax.training.checkpointing import (PARAMETER_FIELDS, ModelMismatchError, architecture_differences,
+                                               summarize_differences)
 
 REPORT_FILES = ("metrics.json", "per_image.csv")
 IMAGE_SUBDIR = "images"
@@ -65,12 +66,6 @@ def check_eval_config(eval_config: Mapping[str, Any]) -> None:
         raise ValueError(f"eval.ssim={eval_config['ssim']!r}; expected one of {metrics.SSIM_KINDS}")
     if int(eval_config["crop_border"]) < 0:
         raise ValueError(f"eval.crop_border={eval_config['crop_border']} must be >= 0")
-
-
-def architecture_differences(a: Any, b: Any, fields: Sequence[str] = PARAMETER_FIELDS) -> List[str]:
-    """Fields in which two models (UNet instances) differ, as 'field: a vs b' lines."""
-    return [f"{field}: {getattr(a, field)!r} vs {getattr(b, field)!r}"
-            for field in fields if getattr(a, field) != getattr(b, field)]
 
 
 def _as_str(name: Any) -> str:
@@ -217,40 +212,35 @@ def gather_results(result: Dict[str, Any]) -> Dict[str, Any]:
 # Paired folders (eval.py --lq_dir/--gt_dir, or a dataset without a builder).
 # ---------------------------------------------------------------------------
 
-def folder_pairs(lq_dir: str, gt_dir: str) -> List[str]:
-    """File names present in both folders (sorted); raises if either has names the other lacks."""
-    lq = {n for n in os.listdir(lq_dir) if not n.startswith(".") and os.path.isfile(os.path.join(lq_dir, n))}
-    gt = {n for n in os.listdir(gt_dir) if not n.startswith(".") and os.path.isfile(os.path.join(gt_dir, n))}
-    if lq != gt:
-        raise ValueError(f"{lq_dir} and {gt_dir} must hold the same file names; only in lq: "
-                         f"{sorted(lq - gt)[:5]}, only in gt: {sorted(gt - lq)[:5]}")
-    if not lq:
-        raise ValueError(f"no images in {lq_dir}")
-    return sorted(lq)
-
-
 class FolderDataset:
-    """{'lq', 'gt', 'name'} for identically named files in two folders, read lazily.
+    """{'lq', 'gt': (H, W, 3) float32 [0, 1], 'name'} of two folders of paired images, read lazily.
 
-    This process's share: every `process_count`-th name (of `names`, default
-    all of `folder_pairs`) starting at `process_index`. `len()` is the share.
+    The one paired-folder reader (`nafnet_jax.data.sources.FolderPairSource`, as training's
+    paired_folder dataset): files pair by stem (extensions may differ; a missing partner or a
+    duplicate stem is an error naming the file), the name is that stem ('a', 'sub/b'), and the
+    images are the same floats training and nafnet-restore see (`image_io.to_unit`).
+    This process's share: every `process_count`-th pair (of the first `max_images`) starting at
+    `process_index`. `len()` is the share.
     """
 
     def __init__(self, lq_dir: str, gt_dir: str, process_index: int = 0, process_count: int = 1,
-                 names: Optional[Sequence[str]] = None):
-        self.lq_dir, self.gt_dir = lq_dir, gt_dir
-        names = folder_pairs(lq_dir, gt_dir) if names is None else list(names)
-        self.names = names[process_index::process_count]
+                 max_images: Optional[int] = None):
+        from nafnet_jax.data.sources import FolderPairSource
+        self.source = FolderPairSource(gt_dir, lq_dir)
+        self.indices = list(range(len(self.source)))[:max_images][process_index::process_count]
+
+    @property
+    def names(self) -> List[str]:
+        return [self.source.pairs[i].name for i in self.indices]
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.indices)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        from nafnet_jax.data import image_io
-        for name in self.names:
-            lq = image_io.read_image(os.path.join(self.lq_dir, name))
-            gt = image_io.read_image(os.path.join(self.gt_dir, name))
-            yield {"lq": lq.rgb, "gt": gt.rgb, "name": name}
+        from nafnet_jax.data.image_io import to_unit
+        for index in self.indices:
+            lq, gt, name = self.source.load(index)
+            yield {"lq": to_unit(lq), "gt": to_unit(gt), "name": name}
 
 
 # ---------------------------------------------------------------------------
@@ -276,9 +266,9 @@ def resolve_model(config: Any, checkpoint_model_config: Mapping[str, Any]) -> An
     if wanted_config is None:
         return saved
     wanted = build_model(_plain(wanted_config))
-    differences = architecture_differences(wanted, saved)
+    differences = architecture_differences(saved, wanted, PARAMETER_FIELDS, prefix="model.")
     if differences:
-        raise ModelMismatchError("config.model cannot hold the checkpoint's parameters (config vs checkpoint), "
+        raise ModelMismatchError("config.model cannot hold the checkpoint's parameters, "
                                  + summarize_differences(differences))
     return wanted
 
@@ -329,7 +319,7 @@ def write_reports(output_dir: str, result: Dict[str, Any], settings: Dict[str, A
 def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[str] = None,
              lq_dir: Optional[str] = None, gt_dir: Optional[str] = None, save_images: bool = False,
              max_images: Optional[int] = None, progress: bool = True,
-             overwrite: bool = False) -> Dict[str, Any]:
+             overwrite: bool = False, use_ema: bool = False) -> Dict[str, Any]:
     """What eval.py does: load, evaluate the whole split at full resolution, write the reports.
 
     Args:
@@ -339,11 +329,13 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
       output_dir: where metrics.json, per_image.csv and images/ go (process 0
         writes the reports; each process saves its own images).
       split: the data split (default: config.data's eval split).
-      lq_dir, gt_dir: evaluate two folders of identically named images instead of config.data.
+      lq_dir, gt_dir: evaluate two folders of paired images (`FolderDataset`) instead of config.data.
       save_images: also write the restored images as 8-bit PNGs (tensor2img's rounding).
       max_images: evaluate only the first N images of the split.
       overwrite: replace the reports/images of an earlier evaluation in `output_dir`
         (without it, their presence is an error raised before any work).
+      use_ema: evaluate the checkpoint's EMA parameters (`MissingEntryError` naming the
+        checkpoint if its run kept none).
     Returns:
       the global result of `evaluate` plus the settings written to metrics.json.
     """
@@ -353,7 +345,7 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
     eval_config = config.eval if "eval" in config else default_eval_config()
     check_eval_config(eval_config)
     refuse_existing_outputs(output_dir, save_images, overwrite)
-    params, checkpoint_model = checkpointing.load_model_checkpoint(checkpoint)
+    params, checkpoint_model = checkpointing.load_model_checkpoint(checkpoint, use_ema=use_ema)
     from nafnet_jax.models import for_platform
     from nafnet_jax.training.partitioning import devices_platform
     # Specialised for the devices it runs on (jax.local_devices()), not the default backend.
@@ -362,8 +354,7 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
     if lq_dir or gt_dir:
         if not (lq_dir and gt_dir):
             raise ValueError("folder mode needs both --lq_dir and --gt_dir")
-        names = folder_pairs(lq_dir, gt_dir)[:max_images]
-        dataset: Any = FolderDataset(lq_dir, gt_dir, pi, pc, names=names)
+        dataset: Any = FolderDataset(lq_dir, gt_dir, pi, pc, max_images=max_images)
         source = {"lq_dir": os.path.abspath(lq_dir), "gt_dir": os.path.abspath(gt_dir)}
     else:
         from nafnet_jax.data import create_eval_dataset
@@ -392,7 +383,8 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
         on_result=on_result)
     result = gather_results(result)
     settings = {
-        "checkpoint": os.path.abspath(checkpoint), **source, "eval": _plain(eval_config),
+        "checkpoint": os.path.abspath(checkpoint), "use_ema": bool(use_ema), **source,
+        "eval": _plain(eval_config),
         "model": _plain(dict(checkpoint_model) if config.get("model") is None else config.model),
         "tlc_train_size": None if model.tlc_train_size is None else list(model.tlc_train_size),
         "processes": pc, "local_devices": jax.local_device_count(), "backend": jax.default_backend(),
@@ -406,5 +398,5 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
 
 __all__ = ["default_eval_config", "check_eval_config", "make_restorer", "evaluate", "score_image",
            "gather_results", "summarize",
-           "architecture_differences", "folder_pairs", "FolderDataset", "resolve_model", "write_reports",
+           "architecture_differences", "FolderDataset", "resolve_model", "write_reports",
            "run_eval", "PARAMETER_FIELDS", "existing_outputs", "refuse_existing_outputs"]

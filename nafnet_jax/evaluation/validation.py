@@ -273,13 +273,32 @@ def side_by_side(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return (row[None] * 255.0 + 0.5).astype(np.uint8)
 
 
+# The metrics validation reports that `train.best_metric` may rank checkpoints by (higher is better);
+# the '_ema' ones score the EMA parameters and exist only when the run keeps them (train.ema_decay > 0).
+BEST_METRICS = ("val/psnr", "val/ssim", "val/psnr_ema", "val/ssim_ema")
+DEFAULT_BEST_METRIC = "val/psnr"
+
+
+def check_best_metric(train_config: Mapping[str, Any]) -> None:
+    """Raises ValueError naming `train.best_metric` if validation cannot report it for this config."""
+    metric = train_config.get("best_metric", DEFAULT_BEST_METRIC)
+    if metric not in BEST_METRICS:
+        raise ValueError(f"invalid config value train.best_metric={metric!r}: expected one of {BEST_METRICS}")
+    if metric.endswith("_ema") and not float(train_config.get("ema_decay", 0.0)) > 0:
+        raise ValueError(f"invalid config value train.best_metric={metric!r}: the run keeps no EMA parameters "
+                         f"(train.ema_decay={train_config['ema_decay']}); set train.ema_decay > 0 "
+                         "or rank by 'val/psnr'")
+
+
 class Validator:
     """The trainer's periodic validation: the eval split, on the training mesh, every `eval_every` steps.
 
     Keeps the eval dataset, the compiled shapes and the input's own score
     (`val/psnr_input`, computed on the first validation) across validations.
     Every process evaluates its share of the split; sums are combined over
-    processes, so `val/count` is the size of the eval split.
+    processes, so `val/count` is the size of the eval split. Given EMA
+    parameters too, it scores them the same way (`val/psnr_ema`, `val/ssim_ema`;
+    the same compiled programs: they have the parameters' shapes and shardings).
 
     Args:
       config: the run's config (`data`, `eval`, `train.num_val_images`).
@@ -302,22 +321,33 @@ class Validator:
                                      ensemble=bool(ev.get("ensemble", False)))
         self.input_psnr_sum: Optional[float] = None
 
-    def evaluate(self, params: Any) -> Dict[str, Any]:
-        """{'val/psnr', 'val/ssim', 'val/psnr_input', 'val/count'} over all processes, and 'samples'."""
-        first = self.input_psnr_sum is None
-        result = validate(self.restorer, params, self.dataset, self.config.eval, with_input=first,
-                          num_samples=int(self.config.train.num_val_images))
-        if first:
+    def _scores(self, params: Any, with_input: bool, num_samples: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """(summed [psnr, ssim, psnr_input, count] over processes, this process's `validate` result)."""
+        result = validate(self.restorer, params, self.dataset, self.config.eval, with_input=with_input,
+                          num_samples=num_samples)
+        if with_input:
             self.input_psnr_sum = result["psnr_input_sum"]
         sums = sum_over_processes(np.array([result["psnr_sum"], result["ssim_sum"], self.input_psnr_sum,
                                             result["count"]]))
-        total = max(sums[3], 1.0)
-        return {"val/psnr": sums[0] / total, "val/ssim": sums[1] / total, "val/psnr_input": sums[2] / total,
-                "val/count": sums[3], "samples": result["samples"]}
+        return sums, result
 
-    def __call__(self, params: Any, step: int, writer: Any) -> Dict[str, float]:
-        """Validates, writes the scalars and sample images at `step`; returns the scalars."""
-        result = self.evaluate(params)
+    def evaluate(self, params: Any, ema_params: Any = None) -> Dict[str, Any]:
+        """{'val/psnr', 'val/ssim', 'val/psnr_input', 'val/count'} over all processes, and 'samples'
+        (of `params`); with `ema_params`, also 'val/psnr_ema' and 'val/ssim_ema'."""
+        sums, result = self._scores(params, with_input=self.input_psnr_sum is None,
+                                    num_samples=int(self.config.train.num_val_images))
+        total = max(sums[3], 1.0)
+        out = {"val/psnr": sums[0] / total, "val/ssim": sums[1] / total, "val/psnr_input": sums[2] / total,
+               "val/count": sums[3]}
+        if ema_params is not None:
+            ema_sums, _ = self._scores(ema_params, with_input=False, num_samples=0)
+            out.update({"val/psnr_ema": ema_sums[0] / total, "val/ssim_ema": ema_sums[1] / total})
+        out["samples"] = result["samples"]
+        return out
+
+    def __call__(self, params: Any, step: int, writer: Any, ema_params: Any = None) -> Dict[str, float]:
+        """Validates (`evaluate`), writes the scalars and sample images at `step`; returns the scalars."""
+        result = self.evaluate(params, ema_params)
         samples = result.pop("samples")
         writer.write_scalars(step, result)
         if samples:
@@ -325,6 +355,7 @@ class Validator:
         return result
 
 
-__all__ = ["MeshRestorer", "Validator", "allgather_agree", "check_validation_config", "choose_shape",
+__all__ = ["BEST_METRICS", "DEFAULT_BEST_METRIC", "MeshRestorer", "Validator", "allgather_agree", "check_best_metric",
+           "check_validation_config", "choose_shape",
            "input_psnr", "local_agree",
            "schedule", "side_by_side", "sum_over_processes", "validate"]

@@ -1,7 +1,8 @@
 """NAFNet's layers in NHWC, numerically equivalent to the PyTorch original.
 
-Every function here is pure; the one module (`Conv2d`) only owns parameters. Names follow the paper: `simple_gate`, `simplified_channel_attention`,
-`tlc_pool`, `pixel_shuffle`.
+Every function here is pure; the two modules only own parameters (`Conv2d`) or an RNG
+stream (`DropPath`). Names follow the paper (`simple_gate`, `channel_layer_norm`,
+`tlc_pool`, `pixel_shuffle`) and timm (`drop_path`, stochastic depth).
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def _shifted_kernel_grad(x: Array, g: Array) -> Array:
 
     One variadic reduction reads `x` and the cotangent `g` once for all nine
     taps (float32 accumulation): first over the N*H rows, keeping W*C, then over
-    W. Nine separate sums made XLA:CPU copy eight shifted views of `x` and ran
-    2x slower; plain autodiff kept nine shifted copies of `x` as residuals.
+    W. Nine separate sums made XLA:CPU copy eight shifted views of `x`; plain
+    autodiff kept nine shifted copies of `x` as residuals (figures:
+    docs/benchmarks_model.md).
     """
     n, h, w, c = x.shape
     acc = _accumulation_dtype(x.dtype)
@@ -200,8 +202,8 @@ def cotangent_fusion_barrier(x: Array) -> Array:
     NAFNet's residual stream carries its cotangent through every block as a
     chain of elementwise adds. XLA:CPU fuses that whole chain, duplicated, into
     each consumer (weight-gradient transposes, bias-gradient reductions), so
-    the backward of the 28-block GoPro models did quadratic work: 12 s a step
-    at 256x256 instead of 4 s, and 3x the compile time (docs/benchmarks.md).
+    the backward of the 28-block GoPro models did quadratic work (step and
+    compile times: docs/benchmarks_model.md).
     Applied to each block's input, the cotangent is computed once per block.
     Forward values and gradients are unchanged. Applied only in a model built
     for CPU (`UNet.platform='cpu'`, which the trainer sets from its mesh); reverse
@@ -227,7 +229,8 @@ def patchify_conv(x: Array, kernel: Array) -> Array:
     Space-to-depth of non-overlapping k x k patches, then (..., k*k*Cin) @
     (k*k*Cin, Cout); rows/columns beyond a multiple of k are dropped, as a VALID
     conv does. The same products summed in another order as XLA's convolution;
-    on CPU its backward is 1.4-2x faster (the conv's weight gradient is slow).
+    on CPU its backward is faster (XLA's conv weight gradient is slow there;
+    figures: docs/benchmarks_model.md).
 
     Args:
       x: (N, H, W, Cin).
@@ -411,3 +414,53 @@ def tlc_kernels(train_size: Sequence[int], num_levels: int) -> Tuple[Tuple[int, 
             fh, fw = fh // 2, fw // 2
         kernels.append((fh * bh // th, fw * bw // tw))
     return tuple(kernels)
+
+
+def drop_path(x: Array, rate: float, key: Array, per_sample: bool = True) -> Array:
+    """Stochastic depth on a residual branch (timm's `drop_path`): drop it with probability `rate`.
+
+    Survivors are scaled by 1 / (1 - rate), so the expectation over draws is `x`
+    and evaluation (no drop-path) needs no rescaling.
+
+    Args:
+      x: (N, ...) a residual branch's output, before it is added to its skip.
+      rate: drop probability in [0, 1); 0 returns `x` untouched (and `key` is unused).
+      key: a PRNG key (a block draws it from the 'drop_path' stream).
+      per_sample: one Bernoulli draw per sample, as timm and NAFNet's blocks; False
+        draws once for the whole batch, as NAFSSR's DropPath (there applied to a
+        block's combined residual `new - x`).
+    Returns:
+      x * keep_mask / (1 - rate), in x's dtype.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path rate must be in [0, 1), got {rate!r}")
+    if rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1) if per_sample else (1,) * x.ndim
+    mask = jax.random.bernoulli(key, keep, shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+class DropPath(nn.Module):
+    """`drop_path` as a layer: active only when called with deterministic=False.
+
+    Owns no parameters, so adding it changes no parameter tree. It asks for a key
+    from `rng_collection` only when it drops something, so evaluation and rate 0
+    need no RNG.
+
+    Attributes:
+      rate: drop probability in [0, 1).
+      per_sample: see `drop_path`.
+      rng_collection: the RNG stream passed to `apply` (`rngs={'drop_path': key}`).
+    """
+
+    rate: float = 0.0
+    per_sample: bool = True
+    rng_collection: str = "drop_path"
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        return drop_path(x, self.rate, self.make_rng(self.rng_collection), self.per_sample)

@@ -16,20 +16,8 @@ Two MAC figures, both for a batch of one image:
   so besides the convs (2 flops per MAC) it includes biases, LayerNorm, gates,
   attention products, beta/gamma, pooling and padding: it is not a MAC count.
 
-Measured (CPU, jax/jaxlib 0.10.2, 2026-11-25), G = 1e9, 1x256x256 input:
-
-    model                   conv MACs  conv+bias  XLA flops/2  ptflops (section 3)
-    NAFNet-GoPro-width32       15.956     16.081       16.189   16.10  (XLA +0.6%)
-    NAFNet-GoPro-width64       63.055     63.304       63.520   63.33  (XLA +0.3%)
-    NAFNet-SIDD-width64        63.236     63.564       63.823   63.64  (XLA +0.3%)
-    Baseline-GoPro-width64     82.409     82.658       86.733   82.96  (XLA +4.5%)
-
-The analytic counts equal section 3's hook columns to their two decimals. For
-NAFNet, XLA lands 0.3-0.6% above ptflops (elementwise work ptflops skips). For
-Baseline it is 4.5% above because XLA expands the exact (erf) GELU into a
-polynomial of 64 flops per element (the tanh form costs 8; measured with
-cost_analysis on a 1M vector), over ~120 M GELU outputs per image: ~3.9 G of the
-4.1 G gap to conv+bias.
+How the two compare with the original's counts for the published models, and why XLA's
+figure is higher for Baseline: docs/benchmarks.md, "Parameters and MACs".
 """
 
 from __future__ import annotations

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nafnet_jax.models.blocks import NAFNET_BLOCK, BlockConfig, RestorationBlock, baseline_block
+from nafnet_jax.models.blocks import NAFNET_BLOCK, Block, baseline_block, block_spec, resolve_block
 from nafnet_jax.models.layers import Conv2d, pad_to_multiple, pixel_shuffle, tlc_kernels
 
 Array = jax.Array
+
+DROP_PATH_SCHEDULES = ("linear", "constant")
+
+
+def drop_path_rates(num_blocks: int, rate: float, schedule: str = "linear") -> Tuple[float, ...]:
+    """Each block's drop-path rate, in the U-Net's block order (encoders, middle, decoders).
+
+    'linear': rate * i / (num_blocks - 1) for block i, as timm and NAFSSR
+    (`torch.linspace(0, rate, num_blocks)`): the first block is never dropped,
+    the last one at `rate` (a single block gets linspace's first point, 0).
+    'constant': `rate` for every block.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return (float(rate),) * num_blocks
+    if num_blocks == 1:
+        return (0.0,)
+    return tuple(float(rate) * i / (num_blocks - 1) for i in range(num_blocks))
 
 
 class UNet(nn.Module):
@@ -25,7 +46,11 @@ class UNet(nn.Module):
     works.
 
     Attributes:
-      block: what each block is made of (NAFBlock, BaselineBlock, an ablation rung).
+      block: the block at every position: a `BlockConfig` (the restoration block:
+        NAFBlock, BaselineBlock, an ablation rung) or a `BlockSpec` (any registered
+        block with its options; `blocks.block_spec` builds either from a config's
+        `model.block`). Each block gets the contract attributes
+        (`blocks.BLOCK_CONTRACT`) from the U-Net and is called `block(x, deterministic)`.
       width: channels at level 0.
       enc_blk_nums: blocks per encoder level (L = its length).
       middle_blk_num: blocks at the bottom.
@@ -48,9 +73,14 @@ class UNet(nn.Module):
         out, use the portable model (platform=None, `for_platform(model, None)`);
         `depthwise_impl='xla'` drops the shifted conv only, the barrier stays.
       remat: rematerialise each block in the backward pass (memory for compute).
+      drop_path_rate: stochastic depth (0: none, the original NAFNet); each
+        block's rate follows `drop_path_schedule` (see `drop_path_rates`). Active
+        only in training (`deterministic=False`, with a 'drop_path' RNG); adds no
+        parameters.
+      drop_path_schedule: 'linear' over the blocks in order, or 'constant'.
     """
 
-    block: BlockConfig = NAFNET_BLOCK
+    block: Union[Block, str] = NAFNET_BLOCK
     width: int = 16
     enc_blk_nums: Tuple[int, ...] = ()
     middle_blk_num: int = 1
@@ -62,18 +92,27 @@ class UNet(nn.Module):
     depthwise_impl: str = "auto"
     platform: Optional[str] = None
     remat: bool = False
+    drop_path_rate: float = 0.0
+    drop_path_schedule: str = "linear"
 
     def setup_check(self) -> None:
         if len(self.enc_blk_nums) != len(self.dec_blk_nums):
             raise ValueError(f"enc_blk_nums {tuple(self.enc_blk_nums)} and dec_blk_nums "
                              f"{tuple(self.dec_blk_nums)} must have the same length")
 
+    @property
+    def num_blocks(self) -> int:
+        """Blocks in the whole U-Net (encoders, middle, decoders)."""
+        return sum(self.enc_blk_nums) + self.middle_blk_num + sum(self.dec_blk_nums)
+
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
         """Restores a batch.
 
         Args:
           x: (N, H, W, img_channel) degraded images, float in [0, 1].
+          deterministic: False in training: stochastic layers (drop-path) draw from the
+            'drop_path' / 'dropout' RNG streams passed to `apply`. True (evaluation) is exact.
         Returns:
           (N, H, W, img_channel) restored images (not clipped).
         """
@@ -85,9 +124,15 @@ class UNet(nn.Module):
         kernels = (tlc_kernels(self.tlc_train_size, levels) if self.tlc_train_size is not None
                    else (None,) * (levels + 1))
         conv = functools.partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        block_cls = nn.remat(RestorationBlock) if self.remat else RestorationBlock
-        block = functools.partial(block_cls, self.block, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  depthwise_impl=self.depthwise_impl, platform=self.platform)
+        block_cls, options = resolve_block(block_spec(self.block))
+        if self.remat:  # deterministic is argument 2 (self is 0) and must stay a Python bool under remat
+            block_cls = nn.remat(block_cls, static_argnums=(2,))
+        rates = iter(drop_path_rates(self.num_blocks, self.drop_path_rate, self.drop_path_schedule))
+
+        def block(tlc_kernel, name):  # the next block in order, with its drop-path rate
+            return block_cls(**options, tlc_kernel=tlc_kernel, dtype=self.dtype, param_dtype=self.param_dtype,
+                             depthwise_impl=self.depthwise_impl, platform=self.platform,
+                             drop_path_rate=next(rates), name=name)
 
         inp = pad_to_multiple(x, 2 ** levels)
         x = conv(self.width, (3, 3), padding=1, name="intro")(inp)
@@ -95,18 +140,18 @@ class UNet(nn.Module):
         chan = self.width
         for i, num in enumerate(self.enc_blk_nums):
             for j in range(num):
-                x = block(kernels[i], name=f"encoders_{i}_{j}")(x)
+                x = block(kernels[i], name=f"encoders_{i}_{j}")(x, deterministic)
             skips.append(x)
             x = conv(2 * chan, (2, 2), strides=2, name=f"downs_{i}")(x)
             chan *= 2
         for j in range(self.middle_blk_num):
-            x = block(kernels[levels], name=f"middle_blks_{j}")(x)
+            x = block(kernels[levels], name=f"middle_blks_{j}")(x, deterministic)
         for i, num in enumerate(self.dec_blk_nums):
             x = pixel_shuffle(conv(2 * chan, use_bias=False, name=f"ups_{i}")(x), 2)
             chan //= 2
             x = x + skips[levels - 1 - i]
             for j in range(num):
-                x = block(kernels[levels - 1 - i], name=f"decoders_{i}_{j}")(x)
+                x = block(kernels[levels - 1 - i], name=f"decoders_{i}_{j}")(x, deterministic)
         x = conv(self.img_channel, (3, 3), padding=1, name="ending")(x)
         x = x + inp
         return x[:, :h, :w, :]

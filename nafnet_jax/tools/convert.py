@@ -16,6 +16,10 @@ Command line (writes an Orbax checkpoint via `nafnet_jax.training.checkpointing`
     python -m nafnet_jax.tools.convert NAFNet-GoPro-width32.pth OUT_DIR --model NAFNet-GoPro-width32
     python -m nafnet_jax.tools.convert --to-torch OUT_DIR out.pth
 
+EMA: a Flax checkpoint with EMA parameters (train.ema_decay > 0) becomes a .pth holding
+`{'params': ..., 'params_ema': ...}`, as BasicSR saves it; a .pth holding both converts back to
+a checkpoint with both (`eval.py --use_ema` / `nafnet-restore --use_ema` pick the EMA ones).
+
 All the name and layout knowledge is in `KEY_TABLE`. Conversion is strict:
 every key must map, every model parameter must be present with the right shape,
 and all problems are reported together in one `StateDictMismatchError`. Arrays
@@ -38,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nafnet_jax.models import UNet, build_model, get_model
+from nafnet_jax.models.blocks import BlockConfig
 
 StateDict = Dict[str, np.ndarray]
 ModelSpec = Union[str, UNet, Mapping[str, Any]]
@@ -188,14 +193,25 @@ def _problem_report(what: str, problems: Sequence[str]) -> StateDictMismatchErro
 
 
 def resolve_model(model: ModelSpec) -> UNet:
-    """A `UNet` from a published name, a model-config mapping, or a `UNet` itself."""
+    """A `UNet` from a published name, a model-config mapping, or a `UNet` itself.
+
+    Raises:
+      ValueError when its block is not one of the original's (a block registered in this
+      code base has no PyTorch counterpart, so there is no key table to convert with).
+    """
     if isinstance(model, UNet):
-        return model
-    if isinstance(model, str):
-        return get_model(model)
-    if isinstance(model, Mapping):
-        return build_model(model)
-    raise TypeError(f"model must be a published name, a UNet or a model config, got {type(model)}")
+        unet = model
+    elif isinstance(model, str):
+        unet = get_model(model)
+    elif isinstance(model, Mapping):
+        unet = build_model(model)
+    else:
+        raise TypeError(f"model must be a published name, a UNet or a model config, got {type(model)}")
+    if not isinstance(unet.block, BlockConfig):
+        raise ValueError(f"model.block {getattr(unet.block, 'name', unet.block)!r} has no counterpart in the "
+                         "original PyTorch code; the converter knows NAFBlock, BaselineBlock and the ablation "
+                         "rungs (model.block.name='restoration')")
+    return unet
 
 
 def _describe(model: ModelSpec) -> str:
@@ -315,6 +331,7 @@ def flax_to_torch(variables: Mapping[str, Any], model: ModelSpec) -> StateDict:
 # Files.
 
 _MODULE_PREFIX = "module."  # DataParallel/DDP wrappers; BasicSR's load_network strips it too
+EMA_KEY = "params_ema"  # where BasicSR's save_network puts the EMA weights (beside 'params')
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any], param_key: Optional[str] = None,
@@ -352,11 +369,8 @@ def _tensor_to_numpy(value: Any) -> Any:
     return value
 
 
-def load_torch_checkpoint(path: str, param_key: Optional[str] = None) -> StateDict:
-    """Reads an original checkpoint (.pth/.pt via torch, .safetensors without) as numpy arrays.
-
-    See `unwrap_state_dict` for the accepted layouts.
-    """
+def _read_checkpoint_file(path: str) -> Mapping[str, Any]:
+    """The top-level mapping of a .pth/.pt (torch) or .safetensors file; errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file {path!r}")
     if os.path.getsize(path) == 0:
@@ -375,17 +389,50 @@ def load_torch_checkpoint(path: str, param_key: Optional[str] = None) -> StateDi
     if not isinstance(checkpoint, Mapping):
         raise CheckpointFileError(f"{path}: expected a dict checkpoint (a state dict or "
                                   f"{{'params': state_dict}}), got a {type(checkpoint).__name__}")
-    state_dict = unwrap_state_dict(checkpoint, param_key, source=path)
+    return checkpoint
+
+
+def _numpy_state_dict(state_dict: Mapping[str, Any]) -> StateDict:
     return {k: np.asarray(_tensor_to_numpy(v)) if not isinstance(v, np.ndarray) else v
             for k, v in state_dict.items()}
 
 
-def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+def load_torch_checkpoint(path: str, param_key: Optional[str] = None) -> StateDict:
+    """Reads an original checkpoint (.pth/.pt via torch, .safetensors without) as numpy arrays.
+
+    See `unwrap_state_dict` for the accepted layouts.
+    """
+    return _numpy_state_dict(unwrap_state_dict(_read_checkpoint_file(path), param_key, source=path))
+
+
+def load_torch_checkpoint_with_ema(path: str) -> Tuple[StateDict, Optional[StateDict]]:
+    """(raw state dict, EMA state dict or None) of a checkpoint file.
+
+    A BasicSR checkpoint holding both `params` and `params_ema` (as the original saves with
+    an EMA) gives both; any other layout gives what `load_torch_checkpoint` reads, and None.
+    """
+    checkpoint = _read_checkpoint_file(path)
+    if isinstance(checkpoint.get("params"), Mapping) and isinstance(checkpoint.get(EMA_KEY), Mapping):
+        return (_numpy_state_dict(unwrap_state_dict(checkpoint, "params", source=path)),
+                _numpy_state_dict(unwrap_state_dict(checkpoint, EMA_KEY, source=path)))
+    return _numpy_state_dict(unwrap_state_dict(checkpoint, None, source=path)), None
+
+
+def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path: str,
+                          ema_state_dict: Optional[Mapping[str, np.ndarray]] = None) -> None:
     """Writes `{'params': state_dict}` as the original saves it (.pth), or a flat .safetensors.
 
+    With `ema_state_dict`, a .pth holds `{'params': ..., 'params_ema': ...}`, as BasicSR saves a
+    model trained with an EMA (its loaders take `param_key='params_ema'`). A .safetensors file holds
+    one flat state dict, so it cannot take both (ValueError: write the one you want).
     The file is written beside `path` and renamed over it when complete.
     """
+    if ema_state_dict is not None and path.endswith(".safetensors"):
+        raise ValueError(f"{path}: a .safetensors file holds one state dict; write either the raw or "
+                         "the EMA parameters (--use-ema), or use a .pth file for both")
     arrays = {k: np.array(v, order="C", copy=True) for k, v in state_dict.items()}
+    ema_arrays = (None if ema_state_dict is None
+                  else {k: np.array(v, order="C", copy=True) for k, v in ema_state_dict.items()})
     directory, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
     tmp = os.path.join(directory, f".{stem}.partial-{os.getpid()}{ext}")
@@ -395,7 +442,10 @@ def save_torch_checkpoint(state_dict: Mapping[str, np.ndarray], path: str) -> No
             save_file(arrays, tmp)
         else:
             import torch
-            torch.save({"params": {k: torch.from_numpy(v) for k, v in arrays.items()}}, tmp)
+            checkpoint = {"params": {k: torch.from_numpy(v) for k, v in arrays.items()}}
+            if ema_arrays is not None:
+                checkpoint[EMA_KEY] = {k: torch.from_numpy(v) for k, v in ema_arrays.items()}
+            torch.save(checkpoint, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -449,9 +499,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="model override stored in the config, VALUE as JSON "
                                              "(e.g. --set tlc_train_size=null); repeatable")
     p.add_argument("--param-key", default=None,
-                   help="checkpoint entry to read (default: 'params', else 'params_ema', "
-                        "else the file is the state dict)")
+                   help="checkpoint entry to read as the parameters (default: 'params' and, if present, "
+                        "'params_ema' as the EMA parameters; else 'params_ema'; else the file is the state dict)")
     p.add_argument("--to-torch", action="store_true", help="convert a Flax checkpoint to PyTorch")
+    p.add_argument("--use-ema", "--use_ema", dest="use_ema", action="store_true",
+                   help="with --to-torch: the checkpoint must hold EMA parameters; a .safetensors output "
+                        "gets them (a .pth always gets both 'params' and 'params_ema' when there is an EMA)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (the new one is written beside it, then swapped in)")
     p.add_argument("--debug", action="store_true", help="print tracebacks with errors (also: NAFNET_DEBUG=1)")
@@ -480,15 +533,26 @@ def _convert(args: argparse.Namespace) -> int:
         with cli.preflight():  # reading and checking the inputs; nothing is written yet
             _refuse_existing(args.output, args.overwrite)
             params, model_config = checkpointing.load_model_checkpoint(args.input, report=warn)
+            try:
+                ema_params, _ = checkpointing.load_model_checkpoint(args.input, use_ema=True, report=warn)
+            except checkpointing.MissingEntryError:
+                if args.use_ema:
+                    raise
+                ema_params = None
             if args.model:
                 model_config = {"name": args.model}
             model_config = {**dict(model_config), **overrides}
+            model = build_model(model_config)
             try:
-                state_dict = flax_to_torch(params, build_model(model_config))
+                state_dict = flax_to_torch(params, model)
+                ema_state_dict = None if ema_params is None else flax_to_torch(ema_params, model)
             except StateDictMismatchError as e:
                 raise cli.UsageError(e.summary()) from e
-        save_torch_checkpoint(state_dict, args.output)
-        print(f"wrote {len(state_dict)} tensors for model {model_config} to {args.output}")
+            if args.output.endswith(".safetensors"):  # one flat state dict: the one asked for
+                state_dict, ema_state_dict = (ema_state_dict, None) if args.use_ema else (state_dict, None)
+        save_torch_checkpoint(state_dict, args.output, ema_state_dict)
+        with_ema = f" (and {EMA_KEY!r})" if ema_state_dict is not None else ""
+        print(f"wrote {len(state_dict)} tensors{with_ema} for model {model_config} to {args.output}")
         return 0
 
     with cli.preflight():
@@ -498,13 +562,20 @@ def _convert(args: argparse.Namespace) -> int:
         model_config = {"name": args.model, **overrides}
         model = build_model(model_config)  # validates the name and overrides before reading weights
         try:
-            variables = convert_checkpoint(args.input, model, args.param_key)
+            if args.param_key is None:
+                state_dict, ema_state_dict = load_torch_checkpoint_with_ema(args.input)
+            else:
+                state_dict, ema_state_dict = load_torch_checkpoint(args.input, args.param_key), None
+            variables = torch_to_flax(state_dict, model, source=args.input)
+            ema_params = (None if ema_state_dict is None else
+                          torch_to_flax(ema_state_dict, model, source=f"{args.input} ({EMA_KEY})")["params"])
         except StateDictMismatchError as e:
             raise cli.UsageError(e.summary()) from e
     checkpointing.save_model_checkpoint(args.output, variables["params"], model_config, step=0,
-                                        overwrite=args.overwrite)
+                                        overwrite=args.overwrite, ema_params=ema_params)
     count = sum(v.size for v in jax.tree.leaves(variables))
-    print(f"converted {args.input} ({count:,} parameters) for model {model_config} "
+    with_ema = f", with its {EMA_KEY!r} as the EMA parameters" if ema_params is not None else ""
+    print(f"converted {args.input} ({count:,} parameters{with_ema}) for model {model_config} "
           f"to {args.output}")
     return 0
 

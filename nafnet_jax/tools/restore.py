@@ -1,7 +1,7 @@
 """nafnet-restore: restore image files (or folders of them) with a NAFNet checkpoint.
 
     nafnet-restore photo.png scans/ -o restored/ --checkpoint runs/gopro32 \\
-        [--model NAFNet-GoPro-width32] [--tile 512 --overlap 32] [--ensemble] [--compare]
+        [--model NAFNet-GoPro-width32] [--tile 512 --overlap 32] [--ensemble] [--compare] [--use_ema]
 
 Each input image becomes `<output>/<stem>.png` with the input's bit depth
 (8 or 16), grayscale kept grayscale (the model sees it replicated to RGB; the
@@ -39,9 +39,6 @@ from nafnet_jax import cli
 from nafnet_jax.cli import UsageError
 
 PROG = "nafnet-restore"
-# A published name must agree with the checkpoint in the parameter-shaping fields
-# (nafnet_jax.training.checkpointing.PARAMETER_FIELDS) and in TLC, which changes the outputs, not the parameters.
-EXTRA_MODEL_FIELDS = ("tlc_train_size",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "multiples of B so sizes share one compilation; faster for many sizes but "
                         "changes pixels near the bottom/right borders (measured: up to 36-46/255 at "
                         "B=64 on the GoPro model; see above)")
+    p.add_argument("--use_ema", "--use-ema", action="store_true",
+                   help="restore with the checkpoint's EMA parameters (kept when train.ema_decay > 0)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (8 times slower)")
     p.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (input | output)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -75,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def architecture_mismatch(name: str, model_config: Mapping[str, Any]) -> List[str]:
     """Differences between a published model's architecture and a checkpoint's (empty if they agree)."""
-    from nafnet_jax.training.checkpointing import PARAMETER_FIELDS
+    # The parameter-shaping fields, and TLC, which changes the outputs (not the parameters).
+    from nafnet_jax.training.checkpointing import OUTPUT_FIELDS, PARAMETER_FIELDS, architecture_differences
     from nafnet_jax.models import PUBLISHED, build_model, get_model
     if name not in PUBLISHED:
         raise UsageError(f"--model {name!r} is not a published model; known: {', '.join(sorted(PUBLISHED))}")
-    wanted, saved = get_model(name), build_model(model_config)
-    return [f"{field}: --model has {getattr(wanted, field)!r}, checkpoint has {getattr(saved, field)!r}"
-            for field in PARAMETER_FIELDS + EXTRA_MODEL_FIELDS if getattr(wanted, field) != getattr(saved, field)]
+    return architecture_differences(get_model(name), build_model(model_config), PARAMETER_FIELDS + OUTPUT_FIELDS,
+                                    names=("--model", "checkpoint"))
 
 
 def _warn(message: str) -> None:
@@ -99,7 +98,8 @@ def load_restorer(args: argparse.Namespace) -> Any:
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # Orbax's read-only notices are not news to a CLI user
     try:
-        params, model_config = checkpointing.load_model_checkpoint(args.checkpoint, report=_warn)
+        params, model_config = checkpointing.load_model_checkpoint(args.checkpoint, use_ema=args.use_ema,
+                                                                   report=_warn)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise UsageError(f"cannot load checkpoint {args.checkpoint}: {cli.error_message(e)}") from e
     finally:

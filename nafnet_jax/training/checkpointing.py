@@ -21,6 +21,7 @@ damaged step is never deleted; the trainer moves it aside
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -38,10 +39,17 @@ STATE = "state"
 CONFIG = "config"
 CHECKPOINT_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "damaged_checkpoints"
-BEST_METRIC = "val_psnr"
+# The saved checkpoint metric the best-checkpoint policy ranks by (higher is better): the value of the
+# run's `train.best_metric` (e.g. 'val/psnr' or 'val/psnr_ema'). Checkpoints written before it existed
+# carry only `LEGACY_BEST_METRIC` (the raw validation PSNR), which is ranked instead.
+BEST_METRIC = "best"
+LEGACY_BEST_METRIC = "val_psnr"
 # The model fields that decide the parameters' names and shapes. A checkpoint fits a model iff these
 # agree; everything else (dtype, remat, depthwise_impl, tlc_train_size, ...) may change on resume or eval.
 PARAMETER_FIELDS = ("block", "width", "enc_blk_nums", "middle_blk_num", "dec_blk_nums", "img_channel")
+# Fields that change a model's outputs but not its parameters: a published name given to a tool must
+# agree with the checkpoint in these too (`architecture_differences(..., PARAMETER_FIELDS + OUTPUT_FIELDS)`).
+OUTPUT_FIELDS = ("tlc_train_size",)
 # Files every step written by this project has (relative to the step directory).
 _REQUIRED_FILES = ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{STATE}/manifest.ocdbt",
                    f"{CONFIG}/metadata")
@@ -84,12 +92,42 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def ranking_value(metrics: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The value a step is ranked by (`BEST_METRIC`, else the legacy validation PSNR), or None."""
+    if not metrics:
+        return None
+    for key in (BEST_METRIC, LEGACY_BEST_METRIC):
+        if key in metrics and metrics[key] is not None:
+            return float(metrics[key])
+    return None
+
+
+def _rank_key(metrics: Optional[Mapping[str, Any]]) -> float:
+    """`ranking_value` for Orbax's sorting: a step saved without validation ({} metrics) ranks last."""
+    value = ranking_value(metrics)
+    return -math.inf if value is None else value
+
+
+def checkpoint_metrics(val_scalars: Mapping[str, float], best_metric: str) -> Dict[str, float]:
+    """The metrics saved with a validated step: `BEST_METRIC` (the chosen metric's value) and every
+    validation scalar ('val/psnr' saved as 'val_psnr', ...), so the record says what was ranked.
+
+    Raises KeyError naming `train.best_metric` if validation did not report it.
+    """
+    if best_metric not in val_scalars:
+        raise KeyError(f"train.best_metric={best_metric!r} was not reported by validation "
+                       f"(it reported {sorted(val_scalars)})")
+    saved = {key.replace("/", "_"): float(value) for key, value in val_scalars.items()}
+    saved[BEST_METRIC] = float(val_scalars[best_metric])
+    return saved
+
+
 def _policy(keep: int) -> Any:
-    """Keep the last `keep` steps plus the best by validation PSNR."""
+    """Keep the last `keep` steps plus the best by the run's best metric (`ranking_value`)."""
     pp = ocp.checkpoint_managers
     return pp.AnyPreservationPolicy([
         pp.LatestN(n=keep),
-        pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+        pp.BestN(get_metric_fn=_rank_key, reverse=False, n=1,
                  keep_checkpoints_without_metrics=False),
     ])
 
@@ -97,8 +135,11 @@ def _policy(keep: int) -> Any:
 def create_manager(directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                    read_only: bool = False) -> ocp.CheckpointManager:
     """The manager train.py uses (items 'state' and 'config')."""
+    # best_fn: Orbax writes a step's metrics to disk only when it is set, and `best_step` (a resumed
+    # run's policy, eval.py's default step) reads them from there. Save steps without validation with
+    # metrics={} (not None, which Orbax warns about on every save when best_fn is set).
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=None if read_only else _policy(keep),
+        preservation_policy=None if read_only else _policy(keep), best_fn=_rank_key, best_mode="max",
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
     handlers = {STATE: ocp.PyTreeCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(epath.Path(directory).absolute(), item_handlers=handlers,
@@ -106,12 +147,12 @@ def create_manager(directory: str | os.PathLike, keep: int = 3, async_save: bool
 
 
 def best_step(manager: ocp.CheckpointManager) -> Optional[int]:
-    """The step with the highest saved validation PSNR, or None if none has one."""
+    """The step with the highest saved best metric (`ranking_value`), or None if none has one."""
     scored = []
     for step in manager.all_steps():
-        metrics = manager.metrics(step)
-        if metrics and BEST_METRIC in metrics:
-            scored.append((float(metrics[BEST_METRIC]), step))
+        value = ranking_value(manager.metrics(step))
+        if value is not None:
+            scored.append((value, step))
     return max(scored)[1] if scored else None
 
 
@@ -327,10 +368,10 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
     Args:
       path: a train.py workdir, its `checkpoints` dir, one step's dir, or a
         converter output dir.
-      step: which step; default: the best by validation PSNR, else the latest.
+      step: which step; default: the best by the run's `train.best_metric`, else the latest.
         Without an explicit step, a damaged one is skipped for the next best
         (newest first), and `report` is told which step and file were damaged.
-      use_ema: load the EMA parameters (error if the run kept none).
+      use_ema: load the EMA parameters (`MissingEntryError` naming the checkpoint if it has none).
       report: called with one line per damaged step skipped (default: a log warning).
     Returns:
       (params as numpy arrays, the model config mapping for `build_model`).
@@ -349,7 +390,10 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
         if tree is None:
             raise ValueError(f'local file "{directory / str(s) / STATE / "_METADATA"}": unreadable metadata')
         if key not in tree or tree[key] is None:
-            raise MissingEntryError(f"checkpoint {directory}/{s} has no {key!r} (entries: {sorted(tree)})")
+            if use_ema:
+                raise MissingEntryError(f"checkpoint {directory / str(s)} has no EMA parameters ('{key}'): "
+                                        "its run kept none (train.ema_decay=0); load it without use_ema")
+            raise MissingEntryError(f"checkpoint {directory / str(s)} has no {key!r} (entries: {sorted(tree)})")
         subtree = {key: tree[key]}
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), subtree)
         restored = manager.restore(s, args=ocp.args.Composite(**{
@@ -368,9 +412,11 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
 
 
 def save_model_checkpoint(directory: str | os.PathLike, params: Any, model_config: Mapping[str, Any],
-                          step: int = 0, overwrite: bool = False) -> epath.Path:
+                          step: int = 0, overwrite: bool = False, ema_params: Any = None) -> epath.Path:
     """Writes a params-only checkpoint (e.g. converted weights) that eval.py and restore load.
 
+    `ema_params` (same tree as `params`), if given, are stored as the state's 'ema_params', which
+    `load_model_checkpoint(..., use_ema=True)` (eval.py/nafnet-restore `--use_ema`) reads.
     Refuses a directory that already holds anything unless `overwrite`. The new
     checkpoint is written beside the destination (`.<name>.partial`) and swapped
     in only when complete, so a crash at any point leaves the old one usable.
@@ -387,7 +433,9 @@ def save_model_checkpoint(directory: str | os.PathLike, params: Any, model_confi
     manager = create_manager(partial, keep=1, async_save=False)
     config = {"model": _jsonable(dict(model_config))}
     manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.PyTreeSave({"params": params}), CONFIG: ocp.args.JsonSave(config)}))
+        STATE: ocp.args.PyTreeSave({"params": params} if ema_params is None
+                                   else {"params": params, "ema_params": ema_params}),
+        CONFIG: ocp.args.JsonSave(config)}), metrics={})
     manager.wait_until_finished()
     manager.close()
     fault_point("save_model_checkpoint.written")
@@ -451,6 +499,18 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot store config value {value!r} of type {type(value).__name__} as JSON")
 
 
+def architecture_differences(a: Any, b: Any, fields: Sequence[str] = PARAMETER_FIELDS,
+                             names: Tuple[str, str] = ("checkpoint", "config"), prefix: str = "") -> List[str]:
+    """The fields in which two models (`UNet` instances) differ, one line each.
+
+    The one comparison of architectures (resume, eval.py's config.model, nafnet-restore's --model):
+    lines read '<prefix><field>: <names[0]> has <a's value>, <names[1]> has <b's value>'.
+    """
+    return [f"{prefix}{field}: {names[0]} has {_jsonable(getattr(a, field))!r}, "
+            f"{names[1]} has {_jsonable(getattr(b, field))!r}"
+            for field in fields if getattr(a, field) != getattr(b, field)]
+
+
 def parameter_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                           prefix: str = "model.") -> List[str]:
     """Differences in the parameter-shaping fields (`PARAMETER_FIELDS`) of two model configs.
@@ -464,9 +524,7 @@ def parameter_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
         a, b = build_model(dict(saved)), build_model(dict(current))
     except (TypeError, ValueError, KeyError) as e:
         raise ModelMismatchError(f"cannot compare model configs: {e}") from e
-    return [f"{prefix}{field}: checkpoint has {_jsonable(getattr(a, field))!r}, "
-            f"config has {_jsonable(getattr(b, field))!r}"
-            for field in PARAMETER_FIELDS if getattr(a, field) != getattr(b, field)]
+    return architecture_differences(a, b, PARAMETER_FIELDS, prefix=prefix)
 
 
 def summarize_differences(differences: Sequence[str], limit: int = MAX_LISTED) -> str:

@@ -1,8 +1,14 @@
-"""The original optimiser: global-norm clip (torch formula), AdamW, cosine schedule to eta_min."""
+"""The original optimiser: global-norm clip (torch formula), AdamW, cosine schedule to eta_min.
+
+The schedule's position is the count inside the optimiser state
+(`optax.ScaleByScheduleState`); `schedule_count` reads it and
+`advance_schedule_counts` moves it on for a step whose update was skipped, so
+the step counter, the schedule and the logged learning rate stay in step.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,14 +53,47 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def create_schedule(optimizer_config: Any, total_steps: int) -> optax.Schedule:
+    """The learning-rate schedule of `create_optimizer` (count -> lr), for logging the applied lr."""
+    return cosine_schedule(optimizer_config.lr, total_steps, optimizer_config.eta_min)
+
+
 def create_optimizer(optimizer_config: Any, total_steps: int) -> optax.GradientTransformation:
     """clip -> AdamW with decoupled decay on every parameter, as the original.
 
     Config keys: lr, eta_min, b1, b2, eps, weight_decay, grad_clip (None/0 = off).
     """
     oc = optimizer_config
-    tx = optax.adamw(cosine_schedule(oc.lr, total_steps, oc.eta_min), b1=oc.b1, b2=oc.b2, eps=oc.eps,
+    tx = optax.adamw(create_schedule(oc, total_steps), b1=oc.b1, b2=oc.b2, eps=oc.eps,
                      weight_decay=oc.weight_decay)
     if oc.grad_clip:
         tx = optax.chain(clip_by_global_norm_torch(oc.grad_clip), tx)
     return tx
+
+
+def _is_schedule_state(node: Any) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def schedule_count(opt_state: Any) -> Optional[jax.Array]:
+    """The count the optimiser's learning-rate schedule is evaluated at next, or None if it has none.
+
+    (optax's `scale_by_schedule` uses `schedule(count)` for an update, then
+    adds one; a chain with several schedules advances them together.)
+    """
+    for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state):
+        if _is_schedule_state(node):
+            return node.count
+    return None
+
+
+def advance_schedule_counts(kept: Any, updated: Any) -> Any:
+    """`kept` with the schedule counts of `updated` (two states of the same optimiser).
+
+    For a skipped step: `kept` is the state before it (moments, and Adam's own
+    bias-correction count, untouched, as PyTorch's AMP leaves them when it
+    skips `optimizer.step()`), `updated` the state `tx.update` returned; the
+    schedule still consumes the step, as the scheduler's `step()` does there.
+    """
+    return jax.tree.map(lambda k, u: u if _is_schedule_state(k) else k, kept, updated,
+                        is_leaf=_is_schedule_state)

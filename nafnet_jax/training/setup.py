@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from nafnet_jax.training import partitioning
 from nafnet_jax.training.losses import get_loss
 from nafnet_jax.models import build_model
-from nafnet_jax.training.optim import create_optimizer
+from nafnet_jax.training.optim import create_optimizer, create_schedule
 from nafnet_jax.training.state import TrainState, init_train_state
 from nafnet_jax.training.step import StepFn, jit_train_step, make_train_step
 
@@ -118,8 +118,14 @@ def build_train_setup(config: ml_collections.ConfigDict,
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
     batch_sharding = partitioning.batch_sharding(mesh)
+    param_layout = None
+    if mesh.shape["fsdp"] > 1:
+        # ZeRO-3 style: gather each parameter for the step, reduce-scatter its gradient.
+        param_layout = (jax.tree.map(lambda _: partitioning.replicated(mesh), shardings.params),
+                        shardings.params)
     step_fn = make_train_step(model, tx, get_loss(tc.loss), tc.grad_accum_steps, tc.nonfinite,
-                              tc.ema_decay)
+                              tc.ema_decay, schedule=create_schedule(config.optimizer, tc.total_steps),
+                              param_layout=param_layout)
     return TrainSetup(config=config, model=model, tx=tx, mesh=mesh, platform=platform,
                       sample_shape=sample_shape, abstract_state=abstract, state_shardings=shardings,
                       batch_sharding=batch_sharding, step_fn=step_fn,

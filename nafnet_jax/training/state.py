@@ -18,10 +18,15 @@ class TrainState:
     """Everything a step reads and writes; a pytree of arrays (what Orbax saves).
 
     Attributes:
-      step: completed optimiser updates.
+      step: completed steps (applied or skipped as non-finite); equals the
+        learning-rate schedule's count in `opt_state`.
       params: model parameters.
       opt_state: optimiser state (holds the schedule's count).
-      rng: base key; each step folds in its step number.
+      rng: the root key, as raw key data (`jax.random.key_data`). It never
+        changes: the step that starts at `step` draws from
+        `fold_in(rng, step)` (`step.step_key`, then one key per named RNG
+        stream), so the draws depend on (seed, step) only and a resumed run
+        repeats them exactly.
       ema_params: exponential moving average of params, or None.
       nonfinite_count: steps whose loss or gradient was not finite (never applied).
       first_nonfinite_step: the first such step (1-based), or 0.

@@ -44,7 +44,7 @@ from nafnet_jax.training import checkpointing, partitioning
 from nafnet_jax.config import validate_config
 from nafnet_jax.training.setup import TrainSetup, build_train_setup
 from nafnet_jax.training.state import TrainState
-from nafnet_jax.evaluation.validation import Validator, check_validation_config
+from nafnet_jax.evaluation.validation import DEFAULT_BEST_METRIC, Validator, check_validation_config
 
 # Test hook: "STEP:SIGNAL[:PROCESS]" (e.g. "3:SIGTERM") makes the trainer send itself SIGNAL right
 # after completing STEP (on every process, or only on PROCESS), so tests preempt a run at an exact
@@ -279,7 +279,7 @@ def _train_loop(config: ml_collections.ConfigDict, config_dict: Dict[str, Any], 
         _check_nonfinite(state, tc.nonfinite)  # never save a state past a non-finite step
         manager.save(at_step, args=ocp.args.Composite(**{
             checkpointing.STATE: ocp.args.PyTreeSave(state),
-            checkpointing.CONFIG: ocp.args.JsonSave(config_dict)}), metrics=metrics, force=True)
+            checkpointing.CONFIG: ocp.args.JsonSave(config_dict)}), metrics=metrics or {}, force=True)
 
     def next_batch(completed: int) -> Any:
         """The next global batch; if the data cannot be read, saves step `completed` and raises DataError."""
@@ -320,9 +320,12 @@ def _train_loop(config: ml_collections.ConfigDict, config_dict: Dict[str, Any], 
             now = time.perf_counter()
             steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
             t_last, step_last = now, step
-            scalars = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "psnr", "grad_norm")}
+            # The loss, each of its terms ('loss/<name>', unweighted), train PSNR and gradient norm
+            # are averaged over the steps since the last log; lr is the rate the last step used.
+            averaged = [k for k in fetched[-1] if k in ("loss", "psnr", "grad_norm") or k.startswith("loss/")]
+            scalars = {k: float(np.mean([m[k] for m in fetched])) for k in averaged}
             scalars.update({
-                "lr": float(tx_lr(config, step)),
+                "lr": float(fetched[-1]["lr"]),
                 "steps_per_s": steps_per_s,
                 "examples_per_s": steps_per_s * tc.batch_size,
                 "nonfinite_count": float(fetched[-1]["nonfinite_count"]),
@@ -339,8 +342,9 @@ def _train_loop(config: ml_collections.ConfigDict, config_dict: Dict[str, Any], 
         metrics_for_ckpt = None
         if do_eval:
             _check_nonfinite(state, tc.nonfinite)
-            val_scalars = validator(state.params, step, writer)
-            metrics_for_ckpt = {checkpointing.BEST_METRIC: val_scalars["val/psnr"]}
+            val_scalars = validator(state.params, step, writer, ema_params=state.ema_params)
+            metrics_for_ckpt = checkpointing.checkpoint_metrics(
+                val_scalars, tc.get("best_metric", DEFAULT_BEST_METRIC))
             progress.update(step, {k.split("/")[1]: v for k, v in val_scalars.items()})
         if self_signal is not None and step == self_signal[0]:
             os.kill(os.getpid(), self_signal[1])  # test hook: the real handler runs right here
@@ -373,13 +377,6 @@ def _data_error_text(error: BaseException, completed: int, start_step: int, mana
         kept = (f"no checkpoint could be saved (a save needs every process); the latest is step {latest} "
                 f"in {where}" if latest is not None else "no checkpoint was saved")
     return f"reading the training data failed after step {completed}: {reason}; {kept}"
-
-
-def tx_lr(config, step: int) -> float:
-    """Learning rate used by update number `step` (1-based), as logged."""
-    from nafnet_jax.training.optim import cosine_schedule
-    return float(cosine_schedule(config.optimizer.lr, config.train.total_steps,
-                                 config.optimizer.eta_min)(step - 1))
 
 
 def _check_nonfinite(state: TrainState, policy: str) -> None:

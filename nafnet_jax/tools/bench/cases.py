@@ -61,19 +61,13 @@ class BenchCase:
 
 def published_model_config(name: str) -> ml_collections.ConfigDict:
     """`config.model` of a published model (e.g. 'NAFNet-GoPro-width32'), every field spelled out."""
-    from nafnet_jax.config import model_config
+    from nafnet_jax.config import model_config_for
     from nafnet_jax.models import PUBLISHED
 
     if name not in PUBLISHED:
         raise ValueError(f"--model {name!r} is not a published model; choose one of {sorted(PUBLISHED)} "
                          "or pass --config")
-    spec = PUBLISHED[name]
-    block = spec["block"]
-    return model_config(width=spec["width"], enc_blk_nums=spec["enc_blk_nums"],
-                        middle_blk_num=spec["middle_blk_num"], dec_blk_nums=spec["dec_blk_nums"],
-                        activation=block.activation, attention=block.attention, norm=block.norm,
-                        dw_expand=block.dw_expand, ffn_expand=block.ffn_expand,
-                        tlc_train_size=spec["tlc_train_size"])
+    return model_config_for(name)
 
 
 def load_config(config_spec: Optional[str], model_name: str) -> Tuple[str, ml_collections.ConfigDict]:
