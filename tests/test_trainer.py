@@ -358,6 +358,7 @@ def test_skipped_steps_keep_step_schedule_and_logged_lr_together_and_each_loss_t
         assert sorted(_scalar_events(tmp_path / "run", tag)) == list(range(1, total + 1)), f"{tag} not logged"
 
 
+@pytest.mark.slow  # the step-level proof (tests/test_rng_streams.py: save/restore) runs by default
 def test_resume_is_exact_with_drop_path_training(tmp_path, in_process):
     # Drop-path draws from the 'drop_path' stream keyed by (state.rng, step) (test_rng_streams.py
     # shows the step passes those keys); here a run of 6 steps and 3 + resume + 3 must agree bit for bit.
