@@ -231,3 +231,26 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging as std_logging
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+
+
+def load_config_file(path: str, arg: Optional[str] = None):
+    """`get_config([arg])` of a config file (configs/*.py), as ml_collections' config flags read it.
+
+    Args:
+      path: the file; 'file.py:arg' passes arg when `arg` is None.
+      arg: the config string to pass (overrides one in `path`).
+    Raises:
+      UsageError naming the file when it is missing or defines no get_config().
+    """
+    import importlib.util
+
+    file_name, _, file_arg = path.partition(":")
+    arg = file_arg if arg is None else arg
+    if not os.path.isfile(file_name):
+        raise UsageError(f"--config {file_name}: no such file")
+    spec = importlib.util.spec_from_file_location("_nafnet_config_file", file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UsageError(f"--config {file_name}: the file defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()

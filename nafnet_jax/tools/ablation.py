@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib.util
 import json
 import os
 import platform as py_platform
@@ -55,15 +54,8 @@ def load_rung_config(config_path: str, rung: str, dataset: str) -> ml_collection
     """
     from nafnet_jax.config import validate_config
 
-    if not os.path.isfile(config_path):
-        raise UsageError(f"--config {config_path}: no such file")
-    spec = importlib.util.spec_from_file_location("_nafnet_ablation_config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UsageError(f"--config {config_path}: the file defines no get_config()")
     try:
-        config = module.get_config(f"{rung},{dataset}")
+        config = cli.load_config_file(config_path, f"{rung},{dataset}")
         validate_config(config)
     except (ValueError, KeyError) as e:
         raise UsageError(f"--config {config_path} with '{rung},{dataset}': {cli.error_message(e)}") from e
