@@ -13,7 +13,7 @@ import pytest
 from nafnet_jax.models import get_model
 from nafnet_jax.tools import export
 from nafnet_jax.training.checkpointing import save_model_checkpoint
-from tiny_models import random_params, tiny_model_and_params
+from tiny_models import large_activation_params, random_params, tiny_model_and_params
 
 SIZES = ((1, 37, 45), (2, 64, 48))  # (batch, H, W): an odd size, and a second batch and size
 TLC_SIZE = (16, 16)  # the tiny model's TLC training size; boxes of 24 (level 0) and 12 (level 1)
@@ -103,6 +103,21 @@ def test_stablehlo_runs_without_the_model_code_at_any_size(tiny, stablehlo_run, 
         got = stablehlo_run[f"tlc_{tlc}.stablehlo:{b}x{h}x{w}"]
         err = _max_err(got, _flax(model, params, _images(b, h, w)))
         assert err <= 1e-5, f"tlc={tlc} {b}x{h}x{w}: max abs error {err:.2e} vs the Flax model"
+
+
+@pytest.mark.parametrize("dtype, min_db", [("float16", 50.0), ("bfloat16", 50.0)])
+def test_stablehlo_half_precision_holds_at_a_realistic_activation_scale(dtype, min_db):
+    # Block inputs reach |x| ~ 200 (the original's bottleneck reaches ~175): a LayerNorm summing
+    # squares in float16 overflows there; the exported program must accumulate in float32.
+    model, params, _ = tiny_model_and_params(levels=2, tlc_train_size=None)
+    params = large_activation_params(params)
+    images = _images(1, 37, 45)
+    spec = export.input_spec(model)
+    exported = export.export_stablehlo(export.export_fn(model, params, dtype=dtype), spec)
+    got = np.asarray(exported.call(images))
+    assert np.all(np.isfinite(got)), f"{dtype}: non-finite output"
+    psnr = _psnr(got, _flax(model, params, images))
+    assert psnr >= min_db, f"{dtype}: PSNR {psnr:.1f} dB vs float32 Flax"
 
 
 def test_stablehlo_tlc_export_refuses_sizes_below_its_contract(stablehlo_run):

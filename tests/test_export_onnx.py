@@ -5,7 +5,6 @@ Skipped when the 'export' extra (jax2onnx, onnx, onnxruntime) is not installed.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ except ImportError as err:
     pytest.skip(f"ONNX export needs the 'export' extra ({err})", allow_module_level=True)
 
 from nafnet_jax.tools import export_onnx as eo  # noqa: E402
-from tiny_models import tiny_model_and_params  # noqa: E402
+from tiny_models import large_activation_params, tiny_model_and_params  # noqa: E402
 
 SIZES = [(37, 45), (64, 48)]  # an odd size (padded by the model) and an even one
 
@@ -96,17 +95,6 @@ def test_existing_file_is_not_clobbered(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # Half precision at a realistic activation scale
 
-ACTIVATION_SCALE = 300.0  # block inputs reach |x| ~ 200, as in trained NAFNet's bottleneck
-
-
-def _large_activation_params(params):
-    """The intro conv scaled up (block inputs |x| ~ 200) and the ending conv scaled back down."""
-    params = jax.tree.map(np.asarray, params)
-    params["intro"] = {k: v * ACTIVATION_SCALE for k, v in params["intro"].items()}
-    params["ending"] = {k: v / ACTIVATION_SCALE for k, v in params["ending"].items()}
-    return params
-
-
 def _block_input(model, params, x):
     _, state = model.apply({"params": params}, x, capture_intermediates=lambda m, _: m.name == "intro",
                            mutable=["intermediates"])
@@ -124,7 +112,7 @@ def _naive_float16_layer_norm(x):
 
 def test_float16_export_reduces_in_float32_and_holds_50db(tmp_path):
     model, params, _ = tiny_model_and_params(levels=2, tlc_train_size=None)
-    params = _large_activation_params(params)
+    params = large_activation_params(params)
     h, w = SIZES[0]
     x = _images(h, w)
     block_in = _block_input(model, params, x)

@@ -46,3 +46,18 @@ def tiny_model_and_params(levels: int = 1, tlc_train_size=(16, 16), seed: int = 
     config = tiny_config(levels, tlc_train_size)
     model = build_model(config)
     return model, random_params(model, seed), config
+
+
+ACTIVATION_SCALE = 300.0  # block inputs reach |x| ~ 200, as in a trained NAFNet's bottleneck
+
+
+def large_activation_params(params: Any, scale: float = ACTIVATION_SCALE) -> Any:
+    """The intro conv scaled up (block inputs |x| ~ 200) and the ending conv scaled back down.
+
+    At that scale a float16 sum of squares over the channels overflows (65504), so a
+    half-precision LayerNorm that does not accumulate in float32 fails.
+    """
+    params = jax.tree.map(np.asarray, params)
+    params["intro"] = {k: v * scale for k, v in params["intro"].items()}
+    params["ending"] = {k: v / scale for k, v in params["ending"].items()}
+    return params
