@@ -290,16 +290,7 @@ def load_weights(checkpoint: str, step: Optional[int] = None, use_ema: bool = Fa
     """(params, the checkpoint's model config, the step loaded): the given step, else the best or
     newest intact one (`checkpointing.restore_newest_intact`, damaged steps reported and skipped)."""
     from nafnet_jax.training import checkpointing
-    directory, step_in_path = checkpointing._split_step_dir(checkpointing.resolve_checkpoint_dir(checkpoint))
-    manager = checkpointing.create_manager(directory, read_only=True)
-    try:
-        steps = checkpointing.candidate_steps(manager, directory, step if step is not None else step_in_path)
-    finally:
-        manager.close()
-    loaded, (params, model_config), _ = checkpointing.restore_newest_intact(
-        directory, steps, lambda s: checkpointing.load_model_checkpoint(directory, step=s, use_ema=use_ema,
-                                                                        report=lambda _: None), report)
-    return params, model_config, loaded
+    return checkpointing.load_model_checkpoint_step(checkpoint, step=step, use_ema=use_ema, report=report)
 
 
 def resolve_model(model_config: Mapping[str, Any], name: Optional[str], config_path: Optional[str]) -> Any:

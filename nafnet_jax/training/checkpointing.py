@@ -365,6 +365,17 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
                           ) -> Tuple[Any, Dict[str, Any]]:
     """Loads model parameters and the model config from any checkpoint of this project.
 
+    As `load_model_checkpoint_step`, without the step.
+    """
+    params, model_config, _ = load_model_checkpoint_step(path, step, use_ema, report)
+    return params, model_config
+
+
+def load_model_checkpoint_step(path: str | os.PathLike, step: Optional[int] = None,
+                               use_ema: bool = False, report: Optional[Callable[[str], None]] = None
+                               ) -> Tuple[Any, Dict[str, Any], int]:
+    """Loads model parameters, the model config and the step they were loaded from.
+
     Args:
       path: a train.py workdir, its `checkpoints` dir, one step's dir, or a
         converter output dir.
@@ -374,7 +385,7 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
       use_ema: load the EMA parameters (`MissingEntryError` naming the checkpoint if it has none).
       report: called with one line per damaged step skipped (default: a log warning).
     Returns:
-      (params as numpy arrays, the model config mapping for `build_model`).
+      (params as numpy arrays, the model config mapping for `build_model`, the step loaded).
     Raises:
       NoIntactCheckpointError (a FileNotFoundError) if no candidate step can be read;
       MissingEntryError (a KeyError) if the checkpoint has no such parameters.
@@ -405,10 +416,10 @@ def load_model_checkpoint(path: str | os.PathLike, step: Optional[int] = None,
         return restored[STATE][key], dict(config["model"])
 
     try:
-        _, (params, model_config), _ = restore_newest_intact(directory, steps, restore, report)
+        loaded, (params, model_config), _ = restore_newest_intact(directory, steps, restore, report)
     finally:
         manager.close()
-    return params, model_config
+    return params, model_config, loaded
 
 
 def save_model_checkpoint(directory: str | os.PathLike, params: Any, model_config: Mapping[str, Any],
