@@ -5,6 +5,8 @@
         [--config.eval.tile=512 --config.model.tlc_train_size=None ...]
     python eval.py --config configs/sidd_nafnet_width32.py --checkpoint PATH \
         --lq_dir noisy/ --gt_dir clean/          # two folders of images paired by stem
+    python eval.py --config CONFIG --checkpoint NAFSSR_PATH \
+        --lq_dir test/Flickr1024/lr_x4 --gt_dir test/Flickr1024/hr   # stereo: <scene>/{lr0,lr1}, {hr0,hr1}
 
 PATH is a train.py workdir, its checkpoints dir, or the output of the weight
 converter. Writes DIR/metrics.json (mean PSNR/SSIM, count, settings) and
@@ -13,6 +15,11 @@ result in DIR is refused unless --overwrite. The model is
 `config.model` (which must hold the checkpoint's parameters; TLC follows its
 `tlc_train_size`), or the checkpoint's own if the config has none. Every
 process evaluates its share of the images; all local devices are used.
+
+A stereo SR checkpoint (NAFSSR, 6 channels) is evaluated on whole pairs with
+the original's stereo metrics (mean of the left/right PSNRs, scikit-image SSIM on
+the 6 channels, both on uint8); --save_images writes `<scene>_L.png` and
+`<scene>_R.png`.
 
 Exit statuses: 0 done, 2 bad flags/config/paths/checkpoint (checked before any
 work), 1 any other failure (see nafnet_jax.cli).
@@ -51,7 +58,7 @@ def preflight_checks() -> None:
     """Everything about the inputs and the output folder, checked before any work."""
     from nafnet_jax.training import checkpointing
     from nafnet_jax.data import images
-    from nafnet_jax.evaluation import evaluate
+    from nafnet_jax.evaluation import evaluate, stereo
 
     config = FLAGS.config
     evaluate.check_eval_config(config.eval if "eval" in config else evaluate.default_eval_config())
@@ -61,7 +68,10 @@ def preflight_checks() -> None:
         for flag, folder in (("--lq_dir", FLAGS.lq_dir), ("--gt_dir", FLAGS.gt_dir)):
             if not os.path.isdir(folder):
                 raise cli.UsageError(f"{flag} {folder} is not a directory")
-        images.pair_folders(FLAGS.lq_dir, FLAGS.gt_dir)  # pairs by stem: a missing partner is named here
+        if stereo.looks_like_stereo_folder(FLAGS.lq_dir):  # <scene>/{lr0,lr1}: a stereo test set
+            stereo.pair_stereo_folders(FLAGS.lq_dir, FLAGS.gt_dir)  # a scene or view missing is named here
+        else:
+            images.pair_folders(FLAGS.lq_dir, FLAGS.gt_dir)  # pairs by stem: a missing partner is named here
     if FLAGS.max_images is not None and FLAGS.max_images <= 0:
         raise cli.UsageError(f"--max_images={FLAGS.max_images}: expected a positive number")
     checkpointing.resolve_checkpoint_dir(FLAGS.checkpoint)
@@ -83,9 +93,10 @@ def main(argv) -> int:
                       lq_dir=FLAGS.lq_dir, gt_dir=FLAGS.gt_dir, save_images=FLAGS.save_images,
                       max_images=FLAGS.max_images, progress=FLAGS.progress, overwrite=FLAGS.overwrite,
                       use_ema=FLAGS.use_ema)
-    logging.info("%d images: PSNR %.4f dB, SSIM %.4f (%s SSIM, %s protocol) -> %s", result["count"],
-                 result["psnr"], result["ssim"], result["eval"]["ssim"], result["eval"]["protocol"],
-                 os.path.abspath(FLAGS.output_dir))
+    protocol = (result["metrics"] if result.get("stereo") else
+                f"{result['eval']['ssim']} SSIM, {result['eval']['protocol']} protocol")
+    logging.info("%d images: PSNR %.4f dB, SSIM %.4f (%s) -> %s", result["count"], result["psnr"],
+                 result["ssim"], protocol, os.path.abspath(FLAGS.output_dir))
     print(f"PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.4f}  ({result['count']} images)")
     return cli.EXIT_OK
 

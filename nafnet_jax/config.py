@@ -16,7 +16,8 @@ from ml_collections import config_dict
 from nafnet_jax.training.losses import parse_loss_spec
 from nafnet_jax.models.blocks import DEFAULT_BLOCK, BlockConfig, block_spec
 from nafnet_jax.models.unet import drop_path_rates
-from nafnet_jax.models.registry import architecture
+from nafnet_jax.models.registry import architecture, model_class
+from nafnet_jax.models.unet import UNet
 from nafnet_jax.training.step import NONFINITE_POLICIES
 
 
@@ -31,6 +32,7 @@ def model_config(width: int, enc_blk_nums: Sequence[int], middle_blk_num: int,
     (`model_config_for`), a custom one spells its width and block counts here.
     """
     return ml_collections.ConfigDict({
+        "arch": "unet",              # the model class: 'unet' (NAFNet, Baseline, ladder) or 'nafssr'
         "width": width,
         "enc_blk_nums": tuple(enc_blk_nums),
         "middle_blk_num": middle_blk_num,
@@ -53,6 +55,28 @@ def model_config(width: int, enc_blk_nums: Sequence[int], middle_blk_num: int,
     })
 
 
+def nafssr_model_config(up_scale: int, width: int, num_blks: int, drop_path_rate: float = 0.0,
+                        tlc_train_size: Optional[Sequence[int]] = None, fusion_from: int = -1,
+                        fusion_to: int = 1000) -> ml_collections.ConfigDict:
+    """`config.model` of a NAFSSR (stereo super-resolution, models/nafssr.py), spelled out."""
+    return ml_collections.ConfigDict({
+        "arch": "nafssr",
+        "up_scale": up_scale,
+        "width": width,
+        "num_blks": num_blks,
+        # (h, w) of the LR training crops: TLC at test time, a (1.5h, 1.5w) box in every block.
+        "tlc_train_size": (tuple(tlc_train_size) if tlc_train_size is not None
+                           else config_dict.placeholder(tuple)),
+        "fusion_from": fusion_from,  # blocks fusion_from..fusion_to (inclusive) have a SCAM: all by default
+        "fusion_to": fusion_to,
+        "dtype": "float32",
+        "param_dtype": "float32",
+        "depthwise_impl": "auto",
+        "remat": False,
+        "drop_path_rate": drop_path_rate,  # NAFSSR's DropPath: the same rate for every block, one draw a batch
+    })
+
+
 def model_config_for(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     """`config.model` of a named architecture (`nafnet_jax.models.registry.ARCHITECTURES`), spelled out.
 
@@ -67,12 +91,15 @@ def model_config_for(name: str, **overrides: Any) -> ml_collections.ConfigDict:
       KeyError for an unknown name, ValueError naming an unknown override key or block option.
     """
     arch = architecture(name)
-    block = block_spec(overrides.pop("block", arch.pop("block")))  # checks name and options
-    if isinstance(block, BlockConfig):  # the restoration block: its fields spelled out flat
-        config = model_config(**arch, **dataclasses.asdict(block))
+    if model_class(name) is not UNet:  # NAFSSR
+        config = nafssr_model_config(**arch)
     else:
-        config = model_config(**arch)
-        config.block = {"name": block.name, **dict(block.options)}
+        block = block_spec(overrides.pop("block", arch.pop("block")))  # checks name and options
+        if isinstance(block, BlockConfig):  # the restoration block: its fields spelled out flat
+            config = model_config(**arch, **dataclasses.asdict(block))
+        else:
+            config = model_config(**arch)
+            config.block = {"name": block.name, **dict(block.options)}
     for key, value in overrides.items():
         if key not in config:
             raise ValueError(f"unknown model config key {key!r} for model {name!r}; known: {sorted(config)}")
@@ -137,23 +164,45 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"invalid config value {key}={value!r}: expected {expected}")
 
 
+MODEL_ARCHS = ("unet", "nafssr")
+
+
+def _validate_nafssr(config: ml_collections.ConfigDict) -> None:
+    m = config.model
+    for key in ("up_scale", "num_blks"):
+        _check(isinstance(m[key], int) and m[key] >= 1, f"model.{key}", m[key], "a positive int")
+    _check(isinstance(m.drop_path_rate, (int, float)) and 0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate",
+           m.drop_path_rate, "in [0, 1)")
+    scale = config.data.get("scale", 1)
+    _check(scale == m.up_scale, "data.scale", scale, f"model.up_scale={m.up_scale} (the data's LR->HR factor)")
+    from nafnet_jax.evaluation.stereo import check_stereo_eval_config  # late: the evaluation stack
+    check_stereo_eval_config(config.eval)  # whole-pair inference, the stereo metrics
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid key; called before any work."""
     for section in ("model", "data", "eval", "optimizer", "train", "mesh"):
         if section not in config:
             raise ValueError(f"config has no '{section}' section")
     m, o, t = config.model, config.optimizer, config.train
+    arch = m.get("arch", "unet")  # configs written before NAFSSR have no arch: the U-Net
+    _check(arch in MODEL_ARCHS, "model.arch", arch, f"one of {MODEL_ARCHS}")
     _check(isinstance(m.width, int) and m.width > 0, "model.width", m.width, "a positive int")
-    _check(len(m.enc_blk_nums) == len(m.dec_blk_nums), "model.dec_blk_nums", m.dec_blk_nums,
-           f"as many levels as model.enc_blk_nums {m.enc_blk_nums}")
-    try:  # a registered block name and that block's options (models/blocks.py)
-        block_spec(m.block)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"invalid config value model.block: {e}") from e
-    try:
-        drop_path_rates(1, m.get("drop_path_rate", 0.0), m.get("drop_path_schedule", "linear"))
-    except ValueError as e:
-        raise ValueError(f"invalid config value model.{e}") from e
+    if arch == "nafssr":
+        _validate_nafssr(config)
+    else:
+        _check(len(m.enc_blk_nums) == len(m.dec_blk_nums), "model.dec_blk_nums", m.dec_blk_nums,
+               f"as many levels as model.enc_blk_nums {m.enc_blk_nums}")
+        try:  # a registered block name and that block's options (models/blocks.py)
+            block_spec(m.block)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"invalid config value model.block: {e}") from e
+        try:
+            drop_path_rates(1, m.get("drop_path_rate", 0.0), m.get("drop_path_schedule", "linear"))
+        except ValueError as e:
+            raise ValueError(f"invalid config value model.{e}") from e
+        _check(config.data.get("scale", 1) == 1, "data.scale", config.data.get("scale", 1),
+               "1 for a restoration U-Net (a stereo SR dataset needs model.arch='nafssr')")
     _check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
            "'float32', 'bfloat16' or 'float16'")
     _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")

@@ -178,6 +178,7 @@ def test_a_failed_row_fills_every_table_column():
     assert "failed: BackendCompilerFailed" in line
 
 
+@pytest.mark.slow  # ~40 s; the trainer-step path is covered by test_train_mode_runs_the_trainers_step
 def test_cli_data_parallel_run_writes_jsonl_markdown_and_a_trace(tiny_config, tmp_path):
     """`python -m nafnet_jax.tools.bench` on two simulated CPU devices: one row per mode, a table row each,
     and a jax.profiler trace of the profiled steps."""

@@ -20,7 +20,9 @@ import pytest
 
 from nafnet_jax.config import model_config_for, validate_config
 from nafnet_jax.models import ABLATION_LADDER, BlockConfig, block_spec, build_model, get_model
-from nafnet_jax.models.registry import ARCHITECTURES, PUBLISHED
+from nafnet_jax.models.blocks import NAFNET_BLOCK
+from nafnet_jax.models.registry import ARCHITECTURES, PUBLISHED, PUBLISHED_NAFSSR, model_class
+from nafnet_jax.models.unet import UNet
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -51,6 +53,15 @@ RECIPES = {
     "sidd_nafnet_width64": ("NAFNet-SIDD-width64", 1e-3, 0.0, 400_000, 64, 256, False, 10),
     "sidd_baseline_width32": ("Baseline-SIDD-width32", 1e-3, 0.0, 200_000, 32, 256, False, 10),
     "sidd_baseline_width64": ("Baseline-SIDD-width64", 1e-3, 0.0, 400_000, 64, 256, False, 10),
+}
+
+# NAFNET.md section 3 (measured with the official code) and section 2.1/2.2 for NAFSSR: variant of
+# configs/nafssr.py -> (params, width, blocks, drop_path, total_iter).
+NAFSSR_RECIPES = {
+    "T-x2": (445_068, 48, 16, 0.0, 400_000), "T-x4": (460_656, 48, 16, 0.0, 400_000),
+    "S-x2": (1_538_572, 64, 32, 0.1, 100_000), "S-x4": (1_559_344, 64, 32, 0.1, 100_000),
+    "B-x2": (6_765_324, 96, 64, 0.2, 100_000), "B-x4": (6_796_464, 96, 64, 0.2, 100_000),
+    "L-x2": (23_790_604, 128, 128, 0.3, 100_000), "L-x4": (23_832_112, 128, 128, 0.3, 100_000),
 }
 
 # Section 2.1: GoPro/REDS train NAFNetLocal/BaselineLocal with the default train_size 256; SIDD the plain model.
@@ -88,6 +99,14 @@ def block_params(c: int, b: BlockConfig) -> int:
     return n
 
 
+def nafssr_params(width: int, num_blks: int, up_scale: int) -> int:
+    """Parameters of NAFSSR (NAFNET.md 1.6): shared intro, num_blks x (NAFBlock + SCAM), shared up conv."""
+    c = width
+    scam = 4 * c + 4 * (c * c + c) + 2 * c   # norm_l/r, l/r_proj1, l/r_proj2, beta, gamma
+    up = 9 * c * 3 * up_scale ** 2 + 3 * up_scale ** 2
+    return (9 * 3 * c + c) + num_blks * (block_params(c, NAFNET_BLOCK) + scam) + up
+
+
 def unet_params(width, enc_blk_nums, middle_blk_num, dec_blk_nums, block, img_channel=3) -> int:
     """Parameters of the U-Net (NAFNET.md 1.1): intro, encoders + downs, middle, ups + decoders, ending."""
     n = (9 * img_channel * width + width) + (9 * width * img_channel + img_channel)
@@ -121,6 +140,8 @@ def _param_count(model_key: tuple) -> int:
 
 def expected_params(name: str) -> int:
     arch = ARCHITECTURES[name]
+    if model_class(name) is not UNet:
+        return nafssr_params(arch["width"], arch["num_blks"], arch["up_scale"])
     return unet_params(arch["width"], arch["enc_blk_nums"], arch["middle_blk_num"], arch["dec_blk_nums"],
                        arch["block"])
 
@@ -130,7 +151,7 @@ def every_config_file():
 
 
 def test_every_config_file_is_covered():
-    covered = set(RECIPES) | {"ablation", "demo"}
+    covered = set(RECIPES) | {"ablation", "demo", "nafssr", "demo_stereo"}
     assert set(every_config_file()) == covered, (
         f"configs/ without a test entry: {sorted(set(every_config_file()) - covered)}; "
         f"entries without a file: {sorted(covered - set(every_config_file()))}")
@@ -142,12 +163,19 @@ def test_closed_form_count_reproduces_the_published_counts(name):
     assert expected_params(name) == PUBLISHED_PARAMS[name]
 
 
+@pytest.mark.parametrize("name", [f"NAFSSR-{v}" for v in sorted(NAFSSR_RECIPES)])
+def test_closed_form_nafssr_count_reproduces_the_published_counts(name):
+    assert expected_params(name) == NAFSSR_RECIPES[name.split("-", 1)[1]][0]
+
+
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_model_config_for_builds_the_registry_model(name):
     built = build_model(model_config_for(name).to_dict())
     reference = get_model(name)
-    for field in ("block", "width", "enc_blk_nums", "middle_blk_num", "dec_blk_nums", "tlc_train_size",
-                  "img_channel"):
+    assert type(built) is type(reference)
+    # A config spells the compute dtype out ('float32'); the registry leaves it None (the input's).
+    fields = set(reference.__dataclass_fields__) - {"parent", "name", "dtype"}
+    for field in sorted(fields):
         assert getattr(built, field) == getattr(reference, field), (name, field)
 
 
@@ -231,5 +259,59 @@ def test_model_config_for_rejects_unknown_names_and_keys():
 
 def test_published_table_is_the_registry_subset_with_weights():
     assert set(PUBLISHED) == set(PUBLISHED_PARAMS)
-    assert set(PUBLISHED) < set(ARCHITECTURES)
-    assert all(dataclasses.is_dataclass(a["block"]) for a in ARCHITECTURES.values())
+    assert set(PUBLISHED_NAFSSR) == {f"NAFSSR-{v}" for v in NAFSSR_RECIPES}
+    assert set(PUBLISHED) | set(PUBLISHED_NAFSSR) < set(ARCHITECTURES)
+    assert all(dataclasses.is_dataclass(a["block"]) for n, a in ARCHITECTURES.items() if model_class(n) is UNet)
+
+
+@pytest.mark.parametrize("variant", sorted(NAFSSR_RECIPES))
+def test_nafssr_recipe_matches_published_recipe(variant):
+    """configs/nafssr.py:<variant> against options/train/NAFSSR/*.yml (NAFNET.md 1.6, 2.1-2.4)."""
+    params, width, blocks, drop_path, iters = NAFSSR_RECIPES[variant]
+    scale = int(variant[-1])
+    config = load_config("nafssr", variant)
+    validate_config(config)
+    assert config.model.to_dict() == model_config_for(f"NAFSSR-{variant}").to_dict()
+    m, d = config.model, config.data
+    got = {"arch": m.arch, "width": m.width, "num_blks": m.num_blks, "up_scale": m.up_scale,
+           "drop_path_rate": m.drop_path_rate, "tlc_train_size": tuple(m.tlc_train_size),
+           "lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay,
+           "total_steps": config.train.total_steps, "batch_size": config.train.batch_size,
+           "loss": config.train.loss, "seed": config.seed, "scale": d.scale,
+           "lr_crop_size": tuple(d.lr_crop_size), "use_flip": d.use_flip, "use_vflip": d.use_vflip,
+           "use_rot": d.use_rot, "use_flip_rgb": d.use_flip_rgb, "eval_every": config.train.eval_every,
+           "checkpoint_every": config.train.checkpoint_every,
+           "betas": (config.optimizer.b1, config.optimizer.b2), "eta_min": config.optimizer.eta_min,
+           "grad_clip": config.optimizer.grad_clip}
+    want = {"arch": "nafssr", "width": width, "num_blks": blocks, "up_scale": scale,
+            "drop_path_rate": drop_path, "tlc_train_size": (30, 90), "lr": 3e-3, "weight_decay": 0.0,
+            "total_steps": iters, "batch_size": 32, "loss": "mse", "seed": 10, "scale": scale,
+            "lr_crop_size": (30, 90), "use_flip": True, "use_vflip": True, "use_rot": False,
+            "use_flip_rgb": True, "eval_every": 20_000, "checkpoint_every": 10_000, "betas": (0.9, 0.9),
+            "eta_min": 1e-7, "grad_clip": 0.01}
+    diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    assert not diff, f"configs/nafssr.py:{variant} departs from NAFNET.md (got, published): {diff}"
+    assert expected_params(f"NAFSSR-{variant}") == params
+
+
+def test_nafssr_config_rejects_unknown_variant_by_name():
+    with pytest.raises(ValueError, match="M-x3"):
+        load_config("nafssr", "M-x3")
+
+
+def test_stereo_demo_config_is_valid_and_counts_as_the_registry_model():
+    config = load_config("demo_stereo")
+    validate_config(config)
+    assert config.model.to_dict() == model_config_for("NAFSSR-demo-x2").to_dict()
+    assert abstract_param_count(config) == expected_params("NAFSSR-demo-x2")
+
+
+def test_validate_config_names_a_scale_that_disagrees_with_the_model():
+    config = load_config("nafssr", "T-x4")
+    config.data.scale = 2
+    with pytest.raises(ValueError, match="data.scale"):
+        validate_config(config)
+    config = load_config("demo")
+    config.model.arch = "nafnet"
+    with pytest.raises(ValueError, match="model.arch"):
+        validate_config(config)

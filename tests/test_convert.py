@@ -70,9 +70,10 @@ def test_key_table_names_exactly_the_original_state_dict(kind):
 
 
 def test_every_key_table_row_is_used():
-    """No dead rows: each row's PyTorch pattern matches some real NAFNet or Baseline key."""
+    """No dead rows: each row's PyTorch pattern matches some real NAFNet, Baseline or NAFSSR key."""
     keys = set(ref.spandrel_nafnet(**LEVELS).state_dict())
     keys |= set(ref.Baseline(**LEVELS).state_dict())
+    keys |= set(ref.NAFNetSR(up_scale=2, width=4, num_blks=1, dual=True, fusion_to=1000).state_dict())
     for row, (torch_regex, _) in zip(convert.KEY_TABLE, convert._RULE_RES):
         assert any(torch_regex.fullmatch(k) for k in keys), f"row {row[0]!r} matches no real key"
 

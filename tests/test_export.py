@@ -162,6 +162,33 @@ def test_tflite_with_tlc_float32_at_its_fixed_size(tiny, tmp_path, size):
     assert err <= 1e-5, f"{size}: max abs error {err:.2e} vs the Flax model"
 
 
+def test_tflite_with_tlc_where_its_box_covers_the_map(tiny, tmp_path):
+    # 21x19 pads to 22x20: both levels' maps (22x20, 11x10) are inside their boxes (24, 12), so
+    # TLC pools globally to (1, 1, 1, C), whose 1x1 conv the converter used to reject
+    # ("'tfl.batch_matmul' op found invalid output rank"). As GoPro models at 256x256.
+    model, params = tiny[True]
+    path = export.write_tflite(export.export_fn(model, params), export.input_spec(model, 21, 19), str(tmp_path))
+    images = _images(1, 21, 19)
+    err = _max_err(_run_tflite(path, images), _flax(model, params, images))
+    assert err <= 1e-5, f"21x19 (global pooling): max abs error {err:.2e} vs the Flax model"
+
+
+def test_tflite_formulation_is_the_same_function(tiny):
+    # The TFLite-only rewrite of the pooled 1x1 convs changes float32 rounding only.
+    import jax
+    model, params = tiny[False]
+    fn = export.export_fn(model, params)
+    tflite_fn = export.tflite_formulation(fn)
+    images = _images(1, 21, 19)
+
+    def convs(f):
+        return str(jax.make_jaxpr(f)(images)).count("conv_general_dilated")
+
+    assert convs(tflite_fn) == convs(fn) + 3, "not one rewritten pooled conv per block (3 blocks)"
+    err = _max_err(np.asarray(jax.jit(tflite_fn)(images)), np.asarray(jax.jit(fn)(images)))
+    assert err <= 1e-6, f"tflite_formulation changed the function by {err:.2e}"
+
+
 def test_tflite_float16_weights_hold_50_db(tiny, tmp_path):
     model, params = tiny[True]
     path = export.write_tflite(export.export_fn(model, params), export.input_spec(model, 37, 45), str(tmp_path),

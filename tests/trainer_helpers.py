@@ -55,17 +55,17 @@ def train_env(devices: int = 1) -> dict:
     return env
 
 
-def train_command(workdir, overrides, extra_args: Sequence[str] = ()) -> list:
-    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo.py"),
+def train_command(workdir, overrides, extra_args: Sequence[str] = (), config_file="demo.py") -> list:
+    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / config_file),
             f"--workdir={workdir}", *extra_args, *overrides]
 
 
 def run_train(workdir, overrides, devices: int = 1, env_extra=None, check=True, timeout=600,
-              extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+              extra_args: Sequence[str] = (), config_file: str = "demo.py") -> subprocess.CompletedProcess:
     """Runs train.py in a fresh process (so the simulated device count can be chosen)."""
     env = train_env(devices)
     env.update(env_extra or {})
-    cmd = train_command(workdir, overrides, extra_args)
+    cmd = train_command(workdir, overrides, extra_args, config_file)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:

@@ -1,8 +1,10 @@
 """Datasets (tfds builders) and the tf.data input pipeline.
 
-Using this package's pipeline or sources registers the tfds builders `bundled`, `gopro`, `sidd`, `reds` and
+Using this package's pipeline or sources registers the tfds builders `bundled`, `gopro`, `sidd`, `reds`,
 `paired_folder` (gopro and sidd with configs `frames`, whole frames, and `patches512`, the
-original's pre-cut training patches: data.builder_config), and hides accelerators from TensorFlow
+original's pre-cut training patches: data.builder_config), and the stereo SR builders `stereo`
+(configs `x2`, `x4`) and `stereo_bundled` (nafnet_jax.data.stereo: 6-channel left/right pairs;
+`stereo_folder` reads HR pairs from folders), and hides accelerators from TensorFlow
 (JAX keeps all device memory). The config schema (`default_data_config`,
 `validate_data_config`, `parse_degradation`) imports without TensorFlow; everything else is
 loaded on first use, so the model, the train step and the benchmarks never import TensorFlow.
@@ -17,7 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from nafnet_jax.data.config import DATASETS, default_data_config, validate_data_config
+from nafnet_jax.data.config import (DATASETS, STEREO_DATASETS, default_data_config,
+                                    validate_data_config)
 from nafnet_jax.data.degradation_spec import parse_degradation
 
 # name -> submodule that defines it; imported (with TensorFlow) on first access.
@@ -25,6 +28,7 @@ _LAZY = {
     'BadDataError': 'images', 'EvalDataset': 'pipeline', 'create_eval_dataset': 'pipeline',
     'create_train_dataset': 'pipeline', 'create_train_iterator': 'pipeline', 'shard_bounds': 'pipeline',
     'open_source': 'sources', 'prepare': 'sources',
+    'StereoEvalDataset': 'stereo', 'open_stereo_source': 'stereo_sources',
 }
 
 
@@ -40,7 +44,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    'DATASETS', 'BadDataError', 'EvalDataset', 'builders', 'create_eval_dataset',
-    'create_train_dataset', 'create_train_iterator', 'default_data_config', 'open_source',
-    'parse_degradation', 'prepare', 'shard_bounds', 'validate_data_config',
+    'DATASETS', 'STEREO_DATASETS', 'BadDataError', 'EvalDataset', 'StereoEvalDataset', 'builders',
+    'create_eval_dataset', 'create_train_dataset', 'create_train_iterator', 'default_data_config',
+    'open_source', 'open_stereo_source', 'parse_degradation', 'prepare', 'shard_bounds',
+    'validate_data_config',
 ]

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from nafnet_jax.data import degradations, transforms
-from nafnet_jax.data.config import eval_split_of, validate_data_config
+from nafnet_jax.data.config import eval_split_of, is_stereo, validate_data_config
 from nafnet_jax.data.sources import PairSource, open_source
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -190,20 +190,39 @@ def _options() -> tf.data.Options:
     return options
 
 
-def create_train_dataset(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
-                         process_index: int | None = None,
-                         process_count: int | None = None) -> tf.data.Dataset:
-    """The infinite tf.data.Dataset behind `create_train_iterator` (same arguments)."""
-    hide_accelerators_from_tf()
-    spec = validate_data_config(data_config)
+def parallelism(data_config) -> int:
+    """tf.data map parallelism of data.num_parallel_calls (-1: AUTOTUNE)."""
+    parallel = data_config['num_parallel_calls']
+    return tf.data.AUTOTUNE if parallel == -1 else parallel
+
+
+def train_layout(global_batch_size: int, start_step: int, process_index: int | None,
+                 process_count: int | None) -> tuple[int, int, int]:
+    """(process index, process count, local batch) of a training stream; bad values raise naming them."""
     p, count = process_layout(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % count:
         raise ValueError(f'global_batch_size {global_batch_size} must be a positive multiple of '
                          f'process_count {count}')
     if start_step < 0:
         raise ValueError(f'start_step must be >= 0, got {start_step}')
-    batch = global_batch_size // count
-    source = open_source(data_config, data_config['train_split'], count)
+    return p, count, global_batch_size // count
+
+
+def train_batches(data_config, source, load: Callable, train_pair: Callable, *, batch: int, seed: int,
+                  start_step: int, process_index: int, process_count: int) -> tf.data.Dataset:
+    """The deterministic, resumable training stream every training dataset is built on (module doc).
+
+    Args:
+      source: the split's reader (its len() is the split's size); this process reads its shard.
+      load: a tf function index -> (lq, gt) decoding one example of `source`.
+      train_pair: (lq, gt, element_seed) -> (lq, gt), one training pair (crop, augmentations,
+        float32) decided by the element's stateless seed only.
+      batch, process_index, process_count: from `train_layout`.
+    Returns:
+      endless batches {'lq', 'gt'} of `batch` pairs; data.crops_per_image, data.shuffle_buffer
+      and data.prefetch act here.
+    """
+    p, count = process_index, process_count
     lo, hi = shard_bounds(len(source), p, count)
     n = hi - lo
     if n == 0:
@@ -211,8 +230,7 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
                          f'than the {count} processes')
     k = data_config['crops_per_image']
     window = data_config['shuffle_buffer'] or 1
-    parallel = data_config['num_parallel_calls']
-    parallel = tf.data.AUTOTUNE if parallel == -1 else parallel
+    parallel = parallelism(data_config)
 
     # First local element to yield; a mixing window is regenerated from its start.
     first = start_step * batch
@@ -226,16 +244,12 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
         pos = tf.random.experimental.index_shuffle(unit % n, epoch_seed, n - 1)
         return unit, lo + pos
 
-    load = _load_fn(source, with_name=False, need_lq=_needs_lq(spec))
-    max_value = int(np.iinfo(_pixel_dtype(source)).max)
-
     def crops(unit, lq, gt):
         # k elements (local element index, lq, gt) sharing the decoded images (no copies).
         return tf.data.Dataset.range(k).map(_graph_fn(lambda j: (unit * k + j, lq, gt)))
 
-    def train_pair(local_index, lq, gt):
-        return _train_crop(lq, gt, _element_seed(seed, local_index, p, count), data_config, spec,
-                           max_value)
+    def element(local_index, lq, gt):
+        return train_pair(lq, gt, _element_seed(seed, local_index, p, count))
 
     ds = tf.data.Dataset.range(unit0, _INT64_MAX)
     ds = ds.map(_graph_fn(image_index))
@@ -243,7 +257,7 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
                 num_parallel_calls=parallel)
     if k > 1:  # (with k = 1 the unit is the element index already: no nested dataset needed)
         ds = ds.flat_map(_graph_fn(crops)).skip(crops_to_skip)
-    ds = ds.map(_graph_fn(train_pair), num_parallel_calls=parallel)
+    ds = ds.map(_graph_fn(element), num_parallel_calls=parallel)
     if window > 1:
         def mix(w, pair):
             lq, gt = pair
@@ -258,10 +272,35 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, star
     return ds.with_options(_options())
 
 
+def create_train_dataset(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
+                         process_index: int | None = None,
+                         process_count: int | None = None) -> tf.data.Dataset:
+    """The infinite tf.data.Dataset behind `create_train_iterator` (same arguments)."""
+    if is_stereo(data_config):  # 6-channel LR/HR pairs: nafnet_jax.data.stereo
+        from nafnet_jax.data.stereo import create_stereo_train_dataset
+        return create_stereo_train_dataset(
+            data_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+            process_index=process_index, process_count=process_count)
+    hide_accelerators_from_tf()
+    spec = validate_data_config(data_config)
+    p, count, batch = train_layout(global_batch_size, start_step, process_index, process_count)
+    source = open_source(data_config, data_config['train_split'], count)
+    load = _load_fn(source, with_name=False, need_lq=_needs_lq(spec))
+    max_value = int(np.iinfo(_pixel_dtype(source)).max)
+
+    def train_pair(lq, gt, element_seed):
+        return _train_crop(lq, gt, element_seed, data_config, spec, max_value)
+
+    return train_batches(data_config, source, load, train_pair, batch=batch, seed=seed,
+                         start_step=start_step, process_index=p, process_count=count)
+
+
 def create_train_iterator(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
                           process_index: int | None = None,
                           process_count: int | None = None) -> PipelineIterator:
     """Endless numpy batches {'lq', 'gt'}: float32 [0, 1], (B_local, crop, crop, 3).
+
+    Stereo datasets: (B_local, h, w, 6) and (B_local, s*h, s*w, 6) (nafnet_jax.data.stereo).
 
     B_local = global_batch_size // process_count. Deterministic in `seed`; the iterator started at
     `start_step` yields exactly what an uninterrupted one yields from that step (module doc).
@@ -325,7 +364,12 @@ def create_eval_dataset(data_config, *, split: str | None = None,
 
     split: default data.eval_split (or the dataset's: 'test' for gopro, 'validation' otherwise).
     data.eval_max_images keeps the first N images of the split, before sharding.
+    Stereo datasets: nafnet_jax.data.stereo.create_stereo_eval_dataset (6-channel pairs).
     """
+    if is_stereo(data_config):
+        from nafnet_jax.data.stereo import create_stereo_eval_dataset
+        return create_stereo_eval_dataset(data_config, split=split, process_index=process_index,
+                                          process_count=process_count)
     hide_accelerators_from_tf()
     spec = validate_data_config(data_config)
     p, count = process_layout(process_index, process_count)
@@ -335,7 +379,5 @@ def create_eval_dataset(data_config, *, split: str | None = None,
     if data_config['eval_max_images'] is not None:
         total = min(total, data_config['eval_max_images'])
     lo, hi = shard_bounds(total, p, count)
-    parallel = data_config['num_parallel_calls']
-    parallel = tf.data.AUTOTUNE if parallel == -1 else parallel
     return EvalDataset(source, range(lo, hi), total, -(-total // count), spec,
-                       data_config['eval_seed'], parallel)
+                       data_config['eval_seed'], parallelism(data_config))

@@ -99,6 +99,9 @@ def tfds_builder(config, workers: int | None = None) -> tfds.core.DatasetBuilder
     workers: processes preparing gopro/sidd/reds (None: one per core; see builders.streaming).
     """
     kwargs = {}
+    if config['dataset'] == 'stereo_folder':
+        raise ValueError("dataset 'stereo_folder' is read from its folders directly "
+                         '(nafnet_jax.data.stereo_sources): there is no tfds dataset to prepare')
     if config['dataset'] == 'paired_folder':
         kwargs['config'] = paired_folder_config(config['gt_dir'], config['lq_dir'],
                                                 config['eval_gt_dir'], config['eval_lq_dir'])

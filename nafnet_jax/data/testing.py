@@ -161,3 +161,66 @@ def write_reds_tree(root, videos: int = 2, frames: int = 12, height: int = 12,
                             255 - gt, quality=90)
                 tag += 1
     return os.fspath(root)
+
+
+def stereo_views(height: int, width: int, tag: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) left and right views that differ: coordinate images tagged `tag` (left)
+    and `tag + 128` (right), so channel 2 says which view (and pair) a pixel came from."""
+    return coordinate_image(height, width, tag), coordinate_image(height, width, tag + 128)
+
+
+def write_stereo_tree(root, scales: tuple[int, ...] = (2, 4), patches: int = 3,
+                      lr_size: tuple[int, int] = (6, 10), test_scenes: int = 2,
+                      test_lr_size: tuple[int, int] = (5, 7)) -> str:
+    """The original's StereoSR layout (NAFNET.md 2.3) under root; returns the manual_dir (root).
+
+    patches_x{s}/<id>/{hr0,hr1,lr0,lr1}.png for each scale: hr = stereo_views at s x lr_size,
+    pair i tagged i; lr = the hr views' top-left pixel of every s x s block (so lq[y, x] ==
+    gt[s*y, s*x], checkable after any paired crop). test/<Set>/hr/<scene>/{hr0,hr1}.png with
+    test/<Set>/lr_x{s}/<scene>/{lr0,lr1}.png: one hr of max(scales) x test_lr_size per scene, lr
+    made from it the same way at each scale.
+    """
+    from nafnet_jax.data.builders.stereo import TEST_SETS
+    root = os.fspath(root)
+
+    def write_views(folder, prefix, views):
+        for i, view in enumerate(views):
+            write_image(os.path.join(folder, f'{prefix}{i}.png'), view)
+
+    for s in scales:
+        h, w = lr_size
+        for i in range(patches):
+            hr = stereo_views(s * h, s * w, i)
+            folder = os.path.join(root, f'patches_x{s}', f'{i + 1:06d}')
+            write_views(folder, 'hr', hr)
+            write_views(folder, 'lr', [v[::s, ::s] for v in hr])
+    for t, test_set in enumerate(TEST_SETS):
+        for j in range(test_scenes):
+            h, w = test_lr_size
+            scene = f'scene_{j:03d}'
+            # One hr for every scale, as the original's test sets: lr_x{s} is hr / s.
+            hr = stereo_views(max(scales) * h, max(scales) * w, 10 * t + j)
+            write_views(os.path.join(root, 'test', test_set, 'hr', scene), 'hr', hr)
+            for s in scales:
+                write_views(os.path.join(root, 'test', test_set, f'lr_x{s}', scene), 'lr',
+                            [v[::s, ::s] for v in hr])
+    return root
+
+
+def write_stereo_folder(root, num: int = 3, height: int = 12, width: int = 20,
+                        layout: str = 'scenes') -> str:
+    """HR stereo pairs for data.dataset='stereo_folder': layout 'scenes' writes
+    root/pair_<i>/{hr0,hr1}.png, 'flat' writes root/pair_<i>_{L,R}.png; pair i tagged i
+    (stereo_views). Returns root."""
+    root = os.fspath(root)
+    for i in range(num):
+        left, right = stereo_views(height, width, i)
+        if layout == 'scenes':
+            write_image(os.path.join(root, f'pair_{i}', 'hr0.png'), left)
+            write_image(os.path.join(root, f'pair_{i}', 'hr1.png'), right)
+        elif layout == 'flat':
+            write_image(os.path.join(root, f'pair_{i}_L.png'), left)
+            write_image(os.path.join(root, f'pair_{i}_R.png'), right)
+        else:
+            raise ValueError(f"layout must be 'scenes' or 'flat', got {layout!r}")
+    return root

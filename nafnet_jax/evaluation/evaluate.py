@@ -19,6 +19,12 @@ Metrics: PSNR on the host in float64 (`metrics.psnr`); SSIM with the jitted
 JAX version on the first local device in float32 (the original's 3D SSIM also
 ran in float32 on the GPU). It agrees with the NumPy float64 one to ~1e-6 and
 is faster than it even on a CPU.
+
+Stereo SR models (NAFSSR: 6 channels, `evaluation.stereo`) are evaluated by the
+same loop with a `StereoRestorer` (whole pairs, never padded or tiled) and the
+stereo scorer (`stereo.score_stereo`: the original's NAFSSR metrics); `run_eval`
+chooses them from the model, and writes both views of each pair with
+--save_images (`<name>_L.png`, `<name>_R.png`).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         tile_overlap=32,
         tile_batch=4,
         bucket=ml_collections.config_dict.placeholder(int),  # None: exact shapes, as the original
-        ensemble=False,          # x8 self-ensemble (not used by the original's published numbers)
+        ensemble=False,          # x8 self-ensemble, x4 flips for stereo (not used by the published numbers)
     ))
 
 
@@ -149,10 +155,15 @@ def make_restorer(apply_fn: inference.ApplyFn, params: Any, eval_config: Mapping
         align=align, ensemble=bool(eval_config.get("ensemble", False)), devices=devices)
 
 
+# scorer(restored, gt, eval_config, device) -> {'psnr': float, 'ssim': float or a scalar jax.Array}
+Scorer = Callable[[np.ndarray, np.ndarray, Mapping[str, Any], Optional[jax.Device]], Dict[str, Any]]
+
+
 def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterable[Mapping[str, Any]],
-             eval_config: Mapping[str, Any], *, restorer: Optional[inference.Restorer] = None,
+             eval_config: Mapping[str, Any], *, restorer: Optional[Any] = None,
              align: int = 16, devices: Optional[Sequence[jax.Device]] = None, progress: bool = False,
-             on_result: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+             on_result: Optional[Callable[[Dict[str, Any]], None]] = None,
+             scorer: Optional[Scorer] = None) -> Dict[str, Any]:
     """Restores and scores every image of `dataset` (this process's share).
 
     Args:
@@ -161,12 +172,15 @@ def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterab
       params: model parameters (ignored when `restorer` is given).
       dataset: iterable of {'lq', 'gt': (H, W, 3) float32 [0, 1], 'name': str/bytes}.
       eval_config: `default_eval_config()` fields.
-      restorer: a `make_restorer(...)` result to reuse (its compilations and params).
+      restorer: a `make_restorer(...)` result to reuse (its compilations and params), or
+        any object with `restore_many(images)` and `num_devices` (e.g. a `stereo.StereoRestorer`).
       align: the model's total downsampling (tile alignment), 2 ** levels.
       devices: local devices to spread same-shape images over (default: one).
       progress: show a tqdm progress bar (process 0 only).
       on_result: called with {'name', 'restored' (H, W, 3) float32 unclipped,
         'psnr', 'ssim', 'height', 'width'} for each image (e.g. to save it).
+      scorer: scores one restored image (default `score_image`, the eval config's
+        protocol; `stereo.score_stereo` for stereo pairs).
     Returns:
       {'psnr': mean dB, 'ssim': mean, 'count': images, 'per_image': [{'name',
       'psnr', 'ssim', 'height', 'width'}, ...]} for this process's images.
@@ -174,6 +188,7 @@ def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterab
     check_eval_config(eval_config)
     if restorer is None:
         restorer = make_restorer(apply_fn, params, eval_config, align, devices)
+    scorer = scorer or score_image
     metric_device = jax.local_devices()[0]
 
     bar = None
@@ -187,7 +202,7 @@ def evaluate(apply_fn: Optional[inference.ApplyFn], params: Any, dataset: Iterab
         for item, out in zip(group, restored):
             if out.shape != item["gt"].shape:
                 raise ValueError(f"{item['name']}: restored {out.shape} vs ground truth {item['gt'].shape}")
-            scores = score_image(out, item["gt"], eval_config, metric_device)
+            scores = scorer(out, item["gt"], eval_config, metric_device)
             record = {"name": item["name"], "psnr": scores["psnr"], "ssim": float(scores["ssim"]),
                       "height": int(out.shape[0]), "width": int(out.shape[1])}
             per_image.append(record)
@@ -329,8 +344,11 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
       output_dir: where metrics.json, per_image.csv and images/ go (process 0
         writes the reports; each process saves its own images).
       split: the data split (default: config.data's eval split).
-      lq_dir, gt_dir: evaluate two folders of paired images (`FolderDataset`) instead of config.data.
-      save_images: also write the restored images as 8-bit PNGs (tensor2img's rounding).
+      lq_dir, gt_dir: evaluate two folders of paired images (`FolderDataset`) instead of config.data;
+        for a stereo SR model, two folders of stereo scenes (`stereo.StereoFolderDataset`:
+        `<scene>/{lr0,lr1}` and `<scene>/{hr0,hr1}`).
+      save_images: also write the restored images as 8-bit PNGs (tensor2img's rounding); both
+        views of a stereo pair as `<name>_L.png` and `<name>_R.png`.
       max_images: evaluate only the first N images of the split.
       overwrite: replace the reports/images of an earlier evaluation in `output_dir`
         (without it, their presence is an error raised before any work).
@@ -338,7 +356,12 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
         checkpoint if its run kept none).
     Returns:
       the global result of `evaluate` plus the settings written to metrics.json.
+
+    A stereo SR model (6 channels, e.g. NAFSSR) is evaluated whole-pair with the original's
+    stereo metrics (see `evaluation.stereo`); eval.protocol/ssim/test_y_channel do not apply to it
+    and eval.bucket/tile are refused.
     """
+    from nafnet_jax.evaluation import stereo
     from nafnet_jax.training import checkpointing
     from nafnet_jax.data import image_io
 
@@ -350,11 +373,22 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
     from nafnet_jax.training.partitioning import devices_platform
     # Specialised for the devices it runs on (jax.local_devices()), not the default backend.
     model = for_platform(resolve_model(config, checkpoint_model), devices_platform(jax.local_devices()))
+    is_stereo = stereo.is_stereo_model(model)
+    if is_stereo:
+        stereo.check_stereo_eval_config(eval_config)
+        channel_order = stereo.channel_order_of(config)  # the model's view order (files are RGB)
     pi, pc = jax.process_index(), jax.process_count()
     if lq_dir or gt_dir:
         if not (lq_dir and gt_dir):
             raise ValueError("folder mode needs both --lq_dir and --gt_dir")
-        dataset: Any = FolderDataset(lq_dir, gt_dir, pi, pc, max_images=max_images)
+        if is_stereo:
+            dataset: Any = stereo.StereoFolderDataset(lq_dir, gt_dir, pi, pc, max_images=max_images,
+                                                      channel_order=channel_order)
+        elif stereo.looks_like_stereo_folder(lq_dir):
+            raise ValueError(f"--lq_dir {lq_dir} holds stereo scenes (<scene>/lr0, lr1) but the checkpoint's "
+                             f"model takes {model.img_channel}-channel single images, not stereo pairs")
+        else:
+            dataset = FolderDataset(lq_dir, gt_dir, pi, pc, max_images=max_images)
         source = {"lq_dir": os.path.abspath(lq_dir), "gt_dir": os.path.abspath(gt_dir)}
     else:
         from nafnet_jax.data import create_eval_dataset
@@ -371,22 +405,35 @@ def run_eval(config: Any, checkpoint: str, output_dir: str, *, split: Optional[s
         image_dir = os.path.join(output_dir, IMAGE_SUBDIR)
         os.makedirs(image_dir, exist_ok=True)
 
+        # overwrite=True: an earlier evaluation's images were refused above unless `overwrite`.
         def on_result(record):
+            if is_stereo:
+                stereo.save_views(image_dir, record["name"], record["restored"], overwrite=True,
+                                  channel_order=channel_order)
+                return
             pixels = metrics.prepare(record["restored"], "uint8")[0]
             image_io.write_png(os.path.join(image_dir, _image_file_name(record["name"])), pixels,
                                overwrite=True)
 
     start = time.perf_counter()
-    result = evaluate(
-        lambda p, x: model.apply({"params": p}, x), params, dataset, eval_config,
-        align=2 ** len(model.enc_blk_nums), devices=jax.local_devices(), progress=progress,
-        on_result=on_result)
+    if is_stereo:
+        result = evaluate(None, None, dataset, eval_config, progress=progress, on_result=on_result,
+                          restorer=stereo.make_stereo_restorer(model, params, eval_config, jax.local_devices()),
+                          scorer=stereo.score_stereo)
+    else:
+        result = evaluate(
+            lambda p, x: model.apply({"params": p}, x), params, dataset, eval_config,
+            align=2 ** len(model.enc_blk_nums), devices=jax.local_devices(), progress=progress,
+            on_result=on_result)
     result = gather_results(result)
     settings = {
         "checkpoint": os.path.abspath(checkpoint), "use_ema": bool(use_ema), **source,
         "eval": _plain(eval_config),
         "model": _plain(dict(checkpoint_model) if config.get("model") is None else config.model),
-        "tlc_train_size": None if model.tlc_train_size is None else list(model.tlc_train_size),
+        "tlc_train_size": (None if getattr(model, "tlc_train_size", None) is None
+                           else list(model.tlc_train_size)),
+        "stereo": is_stereo, "scale": stereo.model_scale(model),
+        **({"metrics": stereo.STEREO_PROTOCOL, "channel_order": channel_order} if is_stereo else {}),
         "processes": pc, "local_devices": jax.local_device_count(), "backend": jax.default_backend(),
         "jax_version": jax.__version__, "seconds": round(time.perf_counter() - start, 3),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -32,6 +32,16 @@ The two evaluation protocols (`prepare`):
   * 'uint8' (GoPro, REDS): clip to [0, 1], x255, round, as uint8 (tensor2img),
     peak 255;
   * 'float' (SIDD): the clipped float image, peak 1.
+
+Stereo SR (NAFSSR, NAFNET.md 2.4) has its own fixed protocol on 6-channel
+(H, W, 6) images, channels 0..2 the left view and 3..5 the right one, both
+quantised to uint8 first (`measure_stereo`):
+  * `stereo_psnr`: the mean of the left and right views' PSNRs (basicsr's
+    `calculate_psnr` on a 6-channel image);
+  * `stereo_ssim`: scikit-image's SSIM on the whole 6-channel image
+    (`calculate_skimage_ssim`: 7x7 uniform window, per channel, mean over the
+    6 channels), data_range 255.
+Both are invariant to the channel order within a view (RGB or BGR alike).
 """
 
 from __future__ import annotations
@@ -246,6 +256,77 @@ def measure(restored: Any, target: Any, *, protocol: str = "uint8", ssim_kind: s
     return {"psnr": psnr(a, b, peak=peak, crop_border=crop_border, test_y_channel=test_y_channel),
             "ssim": ssim(a, b, kind=ssim_kind, peak=peak, crop_border=crop_border,
                          test_y_channel=test_y_channel)}
+
+
+# ---------------------------------------------------------------------------
+# Stereo SR (NAFSSR): 6-channel left/right pairs, host NumPy/scikit-image.
+# ---------------------------------------------------------------------------
+
+STEREO_CHANNELS = 6
+SKIMAGE_SSIM_WINDOW = 7  # scikit-image's default win_size (uniform window)
+
+
+def _check_stereo_pair(sr: Any, hr: Any) -> None:
+    if np.shape(sr) != np.shape(hr):
+        raise ValueError(f"stereo image shapes differ: {np.shape(sr)} vs {np.shape(hr)}")
+    if np.ndim(sr) != 3 or np.shape(sr)[-1] != STEREO_CHANNELS:
+        raise ValueError(f"expected (H, W, 6) stereo images (left view in channels 0..2, right in 3..5), "
+                         f"got shape {np.shape(sr)}")
+
+
+def stereo_psnr(sr: Any, hr: Any, *, peak: Optional[float] = 255.0, crop_border: int = 0) -> float:
+    """Stereo PSNR: the mean of the left and right views' PSNRs (float64, dB).
+
+    Args:
+      sr: (H, W, 6) restored pair, on the scale of `peak` (uint8 values for the NAFSSR protocol).
+      hr: (H, W, 6) reference pair, same shape.
+      peak: the maximum value; None applies the original's rule (`default_peak`) to each view.
+      crop_border: pixels dropped at each edge before measuring.
+    Returns:
+      (PSNR_left + PSNR_right) / 2; inf if either view is identical to its reference.
+    """
+    _check_stereo_pair(sr, hr)
+    sr, hr = np.asarray(sr), np.asarray(hr)
+    return (psnr(sr[..., :3], hr[..., :3], peak=peak, crop_border=crop_border)
+            + psnr(sr[..., 3:], hr[..., 3:], peak=peak, crop_border=crop_border)) / 2.0
+
+
+def stereo_ssim(sr: Any, hr: Any, *, data_range: float = 255.0) -> float:
+    """Stereo SSIM: scikit-image's `structural_similarity` on the whole (H, W, 6) image.
+
+    scikit-image defaults otherwise (7x7 uniform window, sample covariance), i.e. the mean
+    over the six channels of each channel's SSIM, as the original's `calculate_skimage_ssim`
+    (its `multichannel=True` is today's `channel_axis=-1`).
+
+    Args:
+      sr, hr: (H, W, 6) pairs on the scale of `data_range`; H, W >= 7.
+    """
+    _check_stereo_pair(sr, hr)
+    if min(np.shape(sr)[:2]) < SKIMAGE_SSIM_WINDOW:
+        raise ValueError(f"stereo SSIM needs H, W >= {SKIMAGE_SSIM_WINDOW} (scikit-image's window), "
+                         f"got {np.shape(sr)[:2]}")
+    from skimage.metrics import structural_similarity
+    return float(structural_similarity(np.asarray(sr), np.asarray(hr), channel_axis=-1,
+                                       data_range=float(data_range)))
+
+
+def measure_stereo(restored: Any, target: Any, *, crop_border: int = 0) -> Dict[str, float]:
+    """PSNR and SSIM of one stereo pair under the NAFSSR protocol.
+
+    Both images are quantised as the original's tensor2img (`prepare(., 'uint8')`: clip to
+    [0, 1], x255, round), then scored with `stereo_psnr` (peak 255) and `stereo_ssim`.
+
+    Args:
+      restored, target: (H, W, 6) float pairs in [0, 1] (restored may overshoot).
+      crop_border: pixels dropped at each edge (PSNR and SSIM; the published numbers use 0).
+    Returns:
+      {'psnr': dB, 'ssim': mean SSIM}.
+    """
+    _check_stereo_pair(restored, target)
+    a, peak = prepare(restored, "uint8")
+    b, _ = prepare(target, "uint8")
+    a, b = _crop(a, crop_border), _crop(b, crop_border)
+    return {"psnr": stereo_psnr(a, b, peak=peak), "ssim": stereo_ssim(a, b, data_range=peak)}
 
 
 # ---------------------------------------------------------------------------

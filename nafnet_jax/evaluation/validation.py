@@ -20,6 +20,15 @@ Restored images come back to the host of the process that owns them (never to
 one process), are cropped to their size and scored there, PSNR in float64 and
 SSIM with the jitted JAX version on the device that restored the image, exactly
 as `evaluate.evaluate` does. Per-process sums are combined with one all-gather.
+
+A stereo SR model (6 channels, NAFSSR; chosen from the model, `stereo.is_stereo_model`)
+runs the same way with three differences: images are never padded (SCAM attends along
+whole rows, so a batch holds pairs of one exact shape and eval.bucket is refused), the
+scores are the original's stereo metrics (`stereo.score_stereo`), and the input's own
+score (`val/psnr_input`) is that of the LR pair upsampled bicubically (MATLAB's imresize,
+the usual SR baseline; `stereo.input_psnr_stereo`). Sample pictures show the left view:
+bilinearly upsampled LR | output | ground truth (in RGB whatever data.channel_order). eval.ensemble is
+the x4 stereo ensemble there.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from nafnet_jax.evaluation import metrics
+from nafnet_jax.evaluation import metrics, stereo
 from nafnet_jax.training import partitioning
 from nafnet_jax.evaluation.evaluate import check_eval_config, score_image
 from nafnet_jax.evaluation.inference import bucket_shape, dihedral, dihedral_inverse, pad_bottom_right
@@ -120,14 +129,23 @@ class MeshRestorer:
       mesh: the training mesh; the global batch is split over all its axes.
       bucket: pad sizes up to multiples of this (as `eval.bucket`); None: exact shapes
         (the model's own zero padding to its downsampling factor, done here so that
-        images of one padded shape batch together).
+        images of one padded shape batch together). Refused for a stereo model.
       pad_mode: NumPy pad mode beyond the zero band (bucket mode only).
-      ensemble: x8 dihedral self-ensemble (as `eval.ensemble`).
+      ensemble: x8 dihedral self-ensemble (as `eval.ensemble`); x4 stereo ensemble
+        (`stereo.stereo_transform`) for a stereo model.
+
+    Attributes `stereo` (a stereo SR model: no padding, stereo metrics) and `scale` (its
+    upscaling factor; outputs are `scale` times the input's size) come from the model.
     """
 
     def __init__(self, model: Any, mesh: Mesh, *, bucket: Optional[int] = None, pad_mode: str = "reflect",
                  ensemble: bool = False):
-        self.align = 2 ** len(model.enc_blk_nums)
+        self.stereo = stereo.is_stereo_model(model)
+        self.scale = stereo.model_scale(model)
+        if self.stereo:
+            stereo.check_stereo_eval_config({"bucket": bucket})  # the protocol is checked by `validate`
+        # A stereo model takes any size as it is (align 1: no padding at all).
+        self.align = 1 if self.stereo else 2 ** len(model.enc_blk_nums)
         self.bucket = bucket or None
         self.pad_mode = pad_mode
         self.ensemble = ensemble
@@ -158,12 +176,16 @@ class MeshRestorer:
         """
         if len(images) > self.slots:
             raise ValueError(f"{len(images)} images for {self.slots} local devices")
-        transforms = range(8) if self.ensemble else (0,)
-        total = [np.zeros(np.shape(im), np.float32) for im in images]
+        transform = stereo.stereo_transform if self.stereo else dihedral
+        inverse = stereo.stereo_transform if self.stereo else dihedral_inverse
+        transforms = range(stereo.ENSEMBLE_SIZE if self.stereo else 8) if self.ensemble else (0,)
+        s = self.scale
+        total = [np.zeros((np.shape(im)[0] * s, np.shape(im)[1] * s, np.shape(im)[2]), np.float32)
+                 for im in images]
         devices: List[jax.Device] = []
         for t in transforms:
-            moved = [np.ascontiguousarray(dihedral(np.asarray(im, np.float32), t)) for im in images]
-            ph, pw = shape if t % 2 == 0 else shape[::-1]
+            moved = [np.ascontiguousarray(transform(np.asarray(im, np.float32), t)) for im in images]
+            ph, pw = transform(np.empty((*shape, 0)), t).shape[:2]  # the batch's shape, transformed
             batch = np.zeros((self.slots, ph, pw, self.channels), np.float32)  # dummies: zeros
             for i, im in enumerate(moved):
                 batch[i] = pad_bottom_right(im, ph, pw, self.pad_mode, self.align)
@@ -171,7 +193,7 @@ class MeshRestorer:
             rows = _local_rows(out, len(moved))  # the dummies' rows stay on the devices
             devices = [device for _, device in rows]
             for acc, im, (row, _) in zip(total, moved, rows):
-                acc += dihedral_inverse(row[:im.shape[0], :im.shape[1]], t)
+                acc += inverse(row[:im.shape[0] * s, :im.shape[1] * s], t)
         return [(acc / len(transforms), device) for acc, device in zip(total, devices)]
 
 
@@ -214,14 +236,20 @@ def validate(restorer: MeshRestorer, params: Any, dataset: Iterable[Mapping[str,
       num_samples: keep (lq, restored, gt) of this process's first N images.
     Returns:
       this process's sums: {'psnr_sum', 'ssim_sum', 'psnr_input_sum', 'count',
-      'per_image': [{'name', 'psnr', 'ssim'}], 'samples': [(lq, out, gt)]}.
+      'per_image': [{'name', 'psnr', 'ssim'}], 'samples': [(lq, out, gt)]} (stereo: the left
+      views, lq upsampled, `stereo_sample`).
     """
     check_validation_config(eval_config)
+    if getattr(restorer, "stereo", False):
+        stereo.check_stereo_eval_config(eval_config)
     if agree is None:
         agree = local_agree if jax.process_count() == 1 else allgather_agree
     per_image: List[Dict[str, Any]] = []
     samples: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     psnr_input_sum = 0.0
+    is_stereo = getattr(restorer, "stereo", False)
+    score = stereo.score_stereo if is_stereo else score_image
+    score_input = stereo.input_psnr_stereo if is_stereo else input_psnr
     for shape, group in schedule(dataset, restorer.slots, restorer.padded_shape, agree):
         lqs = [np.asarray(item["lq"], np.float32) for item in group]
         outs = restorer.restore(params, lqs, shape)
@@ -229,18 +257,24 @@ def validate(restorer: MeshRestorer, params: Any, dataset: Iterable[Mapping[str,
         for item, lq, (out, device) in zip(group, lqs, outs):
             gt = np.asarray(item["gt"], np.float32)
             try:
-                records.append({"name": _name(item), **score_image(out, gt, eval_config, device)})
+                records.append({"name": _name(item), **score(out, gt, eval_config, device)})
             except ValueError as e:
                 raise ValueError(f"{_name(item)}: {e}") from None
             if with_input:
-                psnr_input_sum += input_psnr(lq, gt, eval_config)
+                psnr_input_sum += score_input(lq, gt, eval_config)
             if len(samples) < num_samples:
-                samples.append((lq, out, gt))
+                samples.append(stereo_sample(lq, out, gt) if is_stereo else (lq, out, gt))
         per_image.extend(dict(r, ssim=float(r["ssim"])) for r in records)  # fetched after all dispatched
     return {"psnr_sum": float(sum(r["psnr"] for r in per_image)),
             "ssim_sum": float(sum(r["ssim"] for r in per_image)),
             "psnr_input_sum": psnr_input_sum, "count": len(per_image), "per_image": per_image,
             "samples": samples}
+
+
+def stereo_sample(lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The left views of a stereo sample, the LR one upsampled bilinearly to the output's size."""
+    scale = out.shape[0] // lq.shape[0]
+    return stereo.bilinear_upsample(lq[..., :3], scale), out[..., :3], gt[..., :3]
 
 
 def check_validation_config(eval_config: Mapping[str, Any]) -> None:
@@ -309,6 +343,8 @@ class Validator:
 
     def __init__(self, config: Any, setup: Any, dataset: Optional[Iterable[Mapping[str, Any]]] = None):
         self.config = config
+        if stereo.is_stereo_model(setup.model):  # before any data work or training step
+            stereo.check_stereo_eval_config(config.eval)
         if dataset is None:
             from nafnet_jax.data import create_eval_dataset
             dataset = create_eval_dataset(config.data, split=config.data.eval_split,
@@ -319,6 +355,7 @@ class Validator:
         check_validation_config(ev)
         self.restorer = MeshRestorer(setup.model, setup.mesh, bucket=ev.get("bucket"),
                                      ensemble=bool(ev.get("ensemble", False)))
+
         self.input_psnr_sum: Optional[float] = None
 
     def _scores(self, params: Any, with_input: bool, num_samples: int) -> Tuple[np.ndarray, Dict[str, Any]]:
@@ -349,6 +386,8 @@ class Validator:
         """Validates (`evaluate`), writes the scalars and sample images at `step`; returns the scalars."""
         result = self.evaluate(params, ema_params)
         samples = result.pop("samples")
+        if self.restorer.stereo and stereo.channel_order_of(self.config) == "bgr":  # pictures in RGB
+            samples = [tuple(view[..., ::-1] for view in sample) for sample in samples]
         writer.write_scalars(step, result)
         if samples:
             writer.write_images(step, {f"val/sample_{i}": side_by_side(*s) for i, s in enumerate(samples)})
@@ -358,4 +397,4 @@ class Validator:
 __all__ = ["BEST_METRICS", "DEFAULT_BEST_METRIC", "MeshRestorer", "Validator", "allgather_agree", "check_best_metric",
            "check_validation_config", "choose_shape",
            "input_psnr", "local_agree",
-           "schedule", "side_by_side", "sum_over_processes", "validate"]
+           "schedule", "side_by_side", "stereo_sample", "sum_over_processes", "validate"]

@@ -20,10 +20,10 @@ DROP_PATH_SCHEDULES = ("linear", "constant")
 def drop_path_rates(num_blocks: int, rate: float, schedule: str = "linear") -> Tuple[float, ...]:
     """Each block's drop-path rate, in the U-Net's block order (encoders, middle, decoders).
 
-    'linear': rate * i / (num_blocks - 1) for block i, as timm and NAFSSR
+    'linear': rate * i / (num_blocks - 1) for block i, as timm
     (`torch.linspace(0, rate, num_blocks)`): the first block is never dropped,
     the last one at `rate` (a single block gets linspace's first point, 0).
-    'constant': `rate` for every block.
+    'constant': `rate` for every block (as NAFSSR's DropPath, models/nafssr.py).
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
@@ -99,6 +99,11 @@ class UNet(nn.Module):
         if len(self.enc_blk_nums) != len(self.dec_blk_nums):
             raise ValueError(f"enc_blk_nums {tuple(self.enc_blk_nums)} and dec_blk_nums "
                              f"{tuple(self.dec_blk_nums)} must have the same length")
+
+    @property
+    def scale(self) -> int:
+        """Output size / input size: 1 (restoration keeps the size; NAFSSR's is its up_scale)."""
+        return 1
 
     @property
     def num_blocks(self) -> int:

@@ -1,4 +1,4 @@
-"""Weights between the original PyTorch NAFNet/Baseline and this Flax port.
+"""Weights between the original PyTorch NAFNet/Baseline/NAFSSR and this Flax port.
 
 PyTorch -> Flax:
 
@@ -14,6 +14,7 @@ Flax -> PyTorch (loads into the original code and spandrel with strict=True):
 Command line (writes an Orbax checkpoint via `nafnet_jax.training.checkpointing`):
 
     python -m nafnet_jax.tools.convert NAFNet-GoPro-width32.pth OUT_DIR --model NAFNet-GoPro-width32
+    python -m nafnet_jax.tools.convert NAFSSR-L_4x.pth OUT_DIR --model NAFSSR-L-x4
     python -m nafnet_jax.tools.convert --to-torch OUT_DIR out.pth
 
 EMA: a Flax checkpoint with EMA parameters (train.ema_decay > 0) becomes a .pth holding
@@ -41,11 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nafnet_jax.models import UNet, build_model, get_model
+from nafnet_jax.models import NAFSSR, UNet, build_model, get_model
 from nafnet_jax.models.blocks import BlockConfig
 
 StateDict = Dict[str, np.ndarray]
-ModelSpec = Union[str, UNet, Mapping[str, Any]]
+Model = Union[UNet, NAFSSR]
+ModelSpec = Union[str, UNet, NAFSSR, Mapping[str, Any]]
 
 # -------------------------------------------------------------------------------------------------
 # Layouts: how one PyTorch tensor becomes one Flax array.
@@ -70,14 +72,17 @@ CHANNEL = Layout("channel", lambda a: a.reshape(-1), lambda a: a.reshape(1, -1, 
                  lambda s: (1, s[0], 1, 1))
 
 # -------------------------------------------------------------------------------------------------
-# The key table. `{i}`, `{j}`, `{n}` are integers, copied across. `{block}` is one
-# restoration block, spelled as in BLOCK_CONTAINERS on each side.
+# The key table. `{i}`, `{j}`, `{n}` are integers, `{side}` is 'l' or 'r', copied across.
+# `{block}` is one restoration block (NAFNet's U-Net blocks, NAFSSR's per-view NAFBlock
+# `body.{i}.module.blk`: `module` is the original's DropPath wrapper), spelled as in
+# BLOCK_CONTAINERS on each side.
 
 BLOCK_CONTAINERS: Tuple[Tuple[str, str], ...] = (
     # PyTorch module path       Flax module name
     ("encoders.{i}.{j}",        "encoders_{i}_{j}"),
     ("middle_blks.{j}",         "middle_blks_{j}"),
     ("decoders.{i}.{j}",        "decoders_{i}_{j}"),
+    ("body.{i}.module.blk",     "body_{i}/blk"),           # NAFSSR
 )
 
 KEY_TABLE: Tuple[Tuple[str, str, Layout], ...] = (
@@ -102,6 +107,15 @@ KEY_TABLE: Tuple[Tuple[str, str, Layout], ...] = (
     ("{block}.se.3.bias",         "{block}/se_expand/bias",     VECTOR),
     ("{block}.beta",              "{block}/beta",               CHANNEL),
     ("{block}.gamma",             "{block}/gamma",              CHANNEL),
+    # NAFSSR: the shared up conv (then PixelShuffle, up.1), and each body block's SCAM
+    ("up.0.weight",               "up/kernel",                  CONV),     # 3x3 width -> 3*s*s
+    ("up.0.bias",                 "up/bias",                    VECTOR),
+    ("body.{i}.module.fusion.norm_{side}.weight",  "body_{i}/fusion/norm_{side}/scale",  VECTOR),
+    ("body.{i}.module.fusion.norm_{side}.bias",    "body_{i}/fusion/norm_{side}/bias",   VECTOR),
+    ("body.{i}.module.fusion.{side}_proj{n}.weight", "body_{i}/fusion/{side}_proj{n}/kernel", CONV),  # 1x1
+    ("body.{i}.module.fusion.{side}_proj{n}.bias",   "body_{i}/fusion/{side}_proj{n}/bias",   VECTOR),
+    ("body.{i}.module.fusion.beta",   "body_{i}/fusion/beta",   CHANNEL),
+    ("body.{i}.module.fusion.gamma",  "body_{i}/fusion/gamma",  CHANNEL),
 )
 
 _TORCH, _FLAX = 0, 1
@@ -118,6 +132,8 @@ def _pattern(template: str, side: int, named: bool = True) -> str:
             continue
         if part == "block":
             body = "|".join(_pattern(c[side], side, named=False) for c in BLOCK_CONTAINERS)
+        elif part == "side":
+            body = "[lr]"
         else:
             body = r"\d+"
         out.append(f"(?P<{part}>{body})" if named else f"(?:{body})")
@@ -192,21 +208,23 @@ def _problem_report(what: str, problems: Sequence[str]) -> StateDictMismatchErro
     return StateDictMismatchError(what, problems)
 
 
-def resolve_model(model: ModelSpec) -> UNet:
-    """A `UNet` from a published name, a model-config mapping, or a `UNet` itself.
+def resolve_model(model: ModelSpec) -> Model:
+    """A `UNet` or `NAFSSR` from a published name, a model-config mapping, or the model itself.
 
     Raises:
       ValueError when its block is not one of the original's (a block registered in this
       code base has no PyTorch counterpart, so there is no key table to convert with).
     """
-    if isinstance(model, UNet):
+    if isinstance(model, (UNet, NAFSSR)):
         unet = model
     elif isinstance(model, str):
         unet = get_model(model)
     elif isinstance(model, Mapping):
         unet = build_model(model)
     else:
-        raise TypeError(f"model must be a published name, a UNet or a model config, got {type(model)}")
+        raise TypeError(f"model must be a published name, a UNet, a NAFSSR or a model config, got {type(model)}")
+    if isinstance(unet, NAFSSR):  # its blocks are always the original's NAFBlock
+        return unet
     if not isinstance(unet.block, BlockConfig):
         raise ValueError(f"model.block {getattr(unet.block, 'name', unet.block)!r} has no counterpart in the "
                          "original PyTorch code; the converter knows NAFBlock, BaselineBlock and the ablation "
@@ -218,9 +236,9 @@ def _describe(model: ModelSpec) -> str:
     return repr(model) if isinstance(model, str) else type(model).__name__
 
 
-def abstract_params(model: UNet) -> Dict[str, jax.ShapeDtypeStruct]:
+def abstract_params(model: Model) -> Dict[str, jax.ShapeDtypeStruct]:
     """The model's parameters as {'a/b/c': ShapeDtypeStruct}, without allocating them."""
-    size = 2 ** len(model.enc_blk_nums)
+    size = 2 ** len(model.enc_blk_nums) if isinstance(model, UNet) else 2  # NAFSSR: any size
     x = jax.ShapeDtypeStruct((1, size, size, model.img_channel), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     return flatten_params(variables["params"])
@@ -252,12 +270,13 @@ def unflatten_params(flat: Mapping[str, Any]) -> Dict[str, Any]:
 
 def torch_to_flax(state_dict: Mapping[str, Any], model: ModelSpec,
                   source: str = "state dict") -> Dict[str, Dict[str, Any]]:
-    """An original NAFNet/Baseline state dict -> Flax variables {'params': ...}.
+    """An original NAFNet/Baseline/NAFSSR state dict -> Flax variables {'params': ...}.
 
     Args:
       state_dict: PyTorch keys (already unwrapped, see `unwrap_state_dict`) to
         arrays (numpy, or anything `np.asarray` takes, e.g. CPU tensors).
-      model: a `nafnet_jax.models.PUBLISHED` name, a model config mapping, or a `UNet`.
+      model: a published name (`nafnet_jax.models.PUBLISHED`, `PUBLISHED_NAFSSR`), a model
+        config mapping, or a `UNet` / `NAFSSR`.
       source: a name for the checkpoint in error messages (e.g. its file name).
     Returns:
       {'params': nested dict of numpy arrays} in the model's parameter dtype.
@@ -300,7 +319,7 @@ def flax_to_torch(variables: Mapping[str, Any], model: ModelSpec) -> StateDict:
     """Flax variables ({'params': ...}, or the params tree itself) -> a PyTorch state dict.
 
     The result (numpy arrays, C-contiguous, keys as the original) loads into the
-    original `NAFNet` / `Baseline` and spandrel's NAFNet with `strict=True`.
+    original `NAFNet` / `Baseline` / `NAFSSR` and spandrel's NAFNet with `strict=True`.
     Raises StateDictMismatchError listing every missing/unexpected/mis-shaped param.
     """
     params = variables["params"] if "params" in variables else variables
@@ -487,13 +506,14 @@ def _refuse_existing(path: str, overwrite: bool) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nafnet_jax.tools.convert",
-        description="Convert original NAFNet/Baseline PyTorch weights to an Orbax checkpoint, "
+        description="Convert original NAFNet/Baseline/NAFSSR PyTorch weights to an Orbax checkpoint, "
                     "or back with --to-torch.")
     p.add_argument("input", help="a .pth/.safetensors file (default direction), or with --to-torch "
                                  "anything nafnet_jax.training.checkpointing.load_model_checkpoint reads")
     p.add_argument("output", help="Orbax checkpoint directory (default direction), or with "
                                   "--to-torch a .pth ({'params': state_dict}) or .safetensors file")
-    p.add_argument("--model", help="published model name (nafnet_jax.models.PUBLISHED); required "
+    p.add_argument("--model", help="published model name (nafnet_jax.models.PUBLISHED or PUBLISHED_NAFSSR, "
+                                   "e.g. NAFSSR-L-x4); required "
                                    "unless --to-torch, where it overrides the checkpoint's config")
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
                    metavar="KEY=VALUE", help="model override stored in the config, VALUE as JSON "
@@ -557,7 +577,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     with cli.preflight():
         if not args.model:
-            raise cli.UsageError("--model NAME is required (one of nafnet_jax.models.PUBLISHED)")
+            raise cli.UsageError("--model NAME is required (one of nafnet_jax.models.PUBLISHED or "
+                                 "PUBLISHED_NAFSSR)")
         _refuse_existing(args.output, args.overwrite)
         model_config = {"name": args.model, **overrides}
         model = build_model(model_config)  # validates the name and overrides before reading weights

@@ -12,8 +12,8 @@ TLC, input contract, versions) beside the artefact:
                                       'serving_default': images -> {'restored': ...}
     tflite      OUT/model.tflite      from that SavedModel (a TLC model: fixed size only,
                                       --height/--width); --dtype float16 stores float16 weights
-    onnx        OUT/model.onnx        through jax2onnx (nafnet_jax.tools.export_onnx: its dynamic
-                                      input is a blocked view of the padded image; run_onnx)
+    onnx        OUT/model.onnx        through jax2onnx (nafnet_jax.tools.export_onnx), input
+                                      'image', output 'restored'
 
 Input contract of every artefact: NHWC float32 images in [0, 1], 3 channels;
 the output is the restored images, same shape, float32, not clipped. Any
@@ -212,13 +212,63 @@ def check_tflite_spec(spec: InputSpec) -> None:
     """Raises UsageError for shapes the TFLite converter cannot take: a dynamic size with TLC.
 
     The converter (TF 2.21) translates the StableHLO that jax2tf embeds. With a symbolic size,
-    TLC's box differences lower to `stablehlo.dynamic_gather`, which it rejects ("'vhlo.
-    dynamic_gather_v1' op is not part of the vhlo support yet"); without TLC a symbolic batch,
-    H and W convert. (A fixed batch of 1 with a symbolic H, W does not: a rank-4 batch_matmul.)
+    TLC's pooling lowers to two ops it has no translation for: the box differences
+    (`s[:, k:, k:]`, a slice with a symbolic end) become `stablehlo.dynamic_gather` ("'vhlo.
+    dynamic_gather_v1' op is not part of the vhlo support yet"), and its integral image (a cumsum
+    over a symbolic length) becomes a `stablehlo.custom_call` to `dynamic_reduce_window`
+    ("'vhlo.custom_call_v1' op is not part of the vhlo support yet"). Writing the slices with
+    `lax.slice` removes the first; the cumsum has no dynamic formulation the converter takes but a
+    triangular matmul, O(H*W*(H+W)) per pool. Without TLC a symbolic batch, H and W convert.
     """
     if spec.dynamic and spec.constraints():  # constraints come from TLC's minimum size
         raise UsageError("--format tflite: a dynamic size needs a model without TLC (its pooling lowers to a "
-                         "dynamic gather TFLite cannot convert); give --height and --width, or --tlc off")
+                         "dynamic gather and a dynamic cumsum TFLite cannot convert); give --height and "
+                         "--width, or --tlc off")
+
+
+def _pooled_conv1x1_as_conv(next_fun: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                            context: Any) -> Any:
+    """Flax method interceptor: a 1x1 `Conv2d` on an (1, 1, 1, C) map runs as `lax.conv`.
+
+    The model writes every 1x1 conv as a `dot_general` over the channels. On a map whose batch,
+    height and width are all statically 1 (the channel attention's global pool at batch 1), the
+    TFLite converter (TF 2.21) folds it into a rank-4 `tfl.batch_matmul` and then rejects its
+    own op ("found invalid output rank, expected 3 but got 4"); a reshape to (1, C) @ (C, C) is
+    folded the same way. As a convolution it becomes a plain `tfl.conv_2d`. Same products, summed
+    in another order (float32 rounding only). Every other call runs the module unchanged.
+    """
+    from flax import linen as nn
+    from jax import lax
+
+    from nafnet_jax.models.layers import Conv2d
+    module = context.module
+    if not (isinstance(module, Conv2d) and context.method_name == "__call__" and args):
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    pooled = all(isinstance(d, int) and d == 1 for d in x.shape[:-1])  # symbolic dims are not ints
+    geometry = (tuple(module.kernel_size), module.strides, module.groups, module.padding)
+    pointwise = geometry == ((1, 1), 1, 1, 0)
+    if not (pooled and pointwise):
+        return next_fun(*args, **kwargs)
+    kernel = module.get_variable("params", "kernel")
+    bias = module.get_variable("params", "bias") if module.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+    y = lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+def tflite_formulation(fn: ExportFn) -> ExportFn:
+    """`fn` with the model's pooled 1x1 convs written so TFLite converts them (`_pooled_conv1x1_as_conv`).
+
+    Selected by the TFLite exporter only: the model, and every other artefact, keeps its matmul.
+    """
+    from flax import linen as nn
+
+    def restore(images: Any) -> Any:
+        with nn.intercept_methods(_pooled_conv1x1_as_conv):
+            return fn(images)
+
+    return restore
 
 
 def write_tflite(fn: ExportFn, spec: InputSpec, directory: str, float16_weights: bool = False) -> str:
@@ -234,7 +284,7 @@ def write_tflite(fn: ExportFn, spec: InputSpec, directory: str, float16_weights:
     if not spec.dynamic:
         spec = dataclasses.replace(spec, batch=spec.batch or 1)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        module = tf_module(fn, spec)
+        module = tf_module(tflite_formulation(fn), spec)
         concrete = module.serve.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={"serving_default": concrete})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -253,7 +303,7 @@ def write_artefact(fmt: str, model: Any, params: Any, spec: InputSpec, directory
     """Writes the artefact of `fmt` for `model` with `params` into `directory`; returns its path.
 
     tflite: `dtype` float16 means float16 weights with float32 compute. onnx: through
-    `nafnet_jax.tools.export_onnx.export_model_onnx` (its own dynamic-size input layout).
+    `nafnet_jax.tools.export_onnx.export_model_onnx`.
     """
     if fmt == "onnx":
         try:
@@ -446,12 +496,6 @@ def _export(args: argparse.Namespace) -> int:
                   "params": "ema" if args.use_ema else "raw"}
         info = metadata(exported_model, args.format, args.dtype, spec, source,
                         name=args.model or model_config.get("name"))
-        if args.format == "onnx" and spec.dynamic:  # export_onnx's dynamic input layout
-            multiple = 2 ** len(exported_model.enc_blk_nums)
-            info["input"].update(layout=f"(N, H/{multiple}, {multiple}, W/{multiple}, {multiple}, 3): the image "
-                                        f"zero-padded to multiples of {multiple}, viewed blocked; output padded "
-                                        "(nafnet_jax.tools.export_onnx.run_onnx pads, views and crops)",
-                                 size_multiple=multiple)
         with open(os.path.join(partial, METADATA_FILE), "w") as f:
             json.dump(info, f, indent=2)
             f.write("\n")

@@ -7,15 +7,17 @@ LayerNorm, CumSum for TLC), and keeps symbolic dimensions symbolic. The other ro
 serialisation (one opaque `XlaCallModule` op) that tf2onnx cannot convert.
 
 The input contract is the model's: NHWC float32 images in [0, 1] in, restored NHWC float32
-images out (not clipped). A fixed-size export takes (1, H, W, C). A dynamic export takes the
-image zero-padded bottom/right to the model's size multiple m (2**levels) and viewed as
-(N, H/m, m, W/m, m, C) - the same bytes, a free reshape in NumPy - and returns (N, H', W', C)
-for the padded H', W': jax2onnx can only give ONNX dimensions that are products of input
-dimensions, and the U-Net needs H and W provably divisible by m (its own padding step cannot be
-traced for a free symbolic size). `run_onnx` does the padding, the view and the crop; the U-Net
-pads the same way internally, so the result equals the model's on any size. TLC (test-time local
-converter) compares its box with the feature size in Python, so a TLC model exports at one fixed
-size only.
+images out (not clipped), same shape. A fixed-size export takes (1, H, W, C). A dynamic export
+takes (N, H, W, C) with symbolic N, H, W, any size: the graph zero-pads H and W bottom/right to the
+model's size multiple m (2**levels), as the U-Net itself does, and crops the output back. Why the
+padding is ONNX operators around the converted model rather than traced JAX: jax2onnx names an
+ONNX dimension only after an input dimension ("no origin recorded for symbolic dim
+'4*floordiv(H + 3, 4)'", and an input declared (N, 4*a, 4*b, C) fails the same way on 'b'), while
+the U-Net needs H and W provably divisible by m. So the model is converted on the padded image
+viewed as (N, H/m, m, W/m, m, C) - there H = m*h as traced - and `_pad_and_crop_in_graph` puts
+Pad, Reshape (that view: the same bytes) and Slice (the crop) before and after it. TLC (test-time
+local converter) compares its box with the feature size in Python, so a TLC model exports at one
+fixed size only.
 
 Half precision: `dtype='float16'` builds the model with float16 compute (weights stored in
 float16). Flax's LayerNorm computes its statistics in float32 whatever the compute dtype, and
@@ -41,7 +43,10 @@ ONNX_OPSET = 21
 # Keys of the ONNX metadata_props this module writes (all values are strings).
 META_SIZE_MULTIPLE = "nafnet.size_multiple"
 META_DTYPE = "nafnet.compute_dtype"
-META_DYNAMIC = "nafnet.dynamic_hw"  # "true": the blocked (N, H/m, m, W/m, m, C) input
+META_DYNAMIC = "nafnet.dynamic_hw"  # "true": symbolic N, H, W (padded to the size multiple inside)
+INPUT_NAME = "image"
+OUTPUT_NAME = "restored"
+_CORE_INPUT, _CORE_OUTPUT = "nafnet_pad__image_blocks", "nafnet_pad__restored_padded"
 
 _DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
@@ -129,6 +134,64 @@ def _prune_dead_nodes(proto: Any) -> None:
     proto.graph.initializer.extend(inits)
 
 
+def _pad_and_crop_in_graph(proto: Any, multiple: int, channels: int) -> None:
+    """Turns a graph of the blocked padded view into one of plain images, any size (in place).
+
+    Before: input `_CORE_INPUT` (N, h, m, w, m, C), output `_CORE_OUTPUT` (N, m*h, m*w, C).
+    After: input `INPUT_NAME` (N, H, W, C), output `OUTPUT_NAME` (N, H, W, C), with
+
+        [Hp, Wp] = m * (([H, W] + m - 1) / m)           integer division: the padded size
+        padded   = Pad(image, bottom/right Hp - H, Wp - W, zeros)
+        blocks   = Reshape(padded, [N, Hp/m, m, Wp/m, m, C])   the same bytes
+        restored = Slice(model(blocks), [0, 0] : [H, W] on axes 1, 2)
+
+    The U-Net zero-pads bottom/right to m and crops itself, so the result equals the model on the
+    original image.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph, m = proto.graph, int(multiple)
+    core_in = next(v for v in graph.input if v.name == _CORE_INPUT)
+    core_out = next(v for v in graph.output if v.name == _CORE_OUTPUT)
+    name = "nafnet_pad__{}".format
+
+    def const(key: str, values) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), name(key)))
+        return name(key)
+
+    m_, m_minus_1 = const("m", [m]), const("m_minus_1", [m - 1])
+    nodes = [
+        helper.make_node("Shape", [INPUT_NAME], [name("hw")], start=1, end=3),
+        helper.make_node("Add", [name("hw"), m_minus_1], [name("hw_up")]),
+        helper.make_node("Div", [name("hw_up"), m_], [name("blocks_hw")]),
+        helper.make_node("Mul", [name("blocks_hw"), m_], [name("padded_hw")]),
+        helper.make_node("Sub", [name("padded_hw"), name("hw")], [name("pad_hw")]),
+        # pads: begins of N, H, W, C then ends of N, H, W, C
+        helper.make_node("Concat", [const("pads_before", [0, 0, 0, 0, 0]), name("pad_hw"),
+                                    const("pads_after", [0])], [name("pads")], axis=0),
+        helper.make_node("Pad", [INPUT_NAME, name("pads")], [name("padded")], mode="constant"),
+        helper.make_node("Split", [name("blocks_hw")], [name("blocks_h"), name("blocks_w")], axis=0,
+                         num_outputs=2),
+        # Reshape's 0 copies the batch dimension
+        helper.make_node("Concat", [const("zero", [0]), name("blocks_h"), m_, name("blocks_w"), m_,
+                                    const("channels", [channels])], [name("blocks_shape")], axis=0),
+        helper.make_node("Reshape", [name("padded"), name("blocks_shape")], [_CORE_INPUT]),
+    ]
+    crop = helper.make_node("Slice", [_CORE_OUTPUT, const("crop_starts", [0, 0]), name("hw"),
+                                      const("crop_axes", [1, 2])], [OUTPUT_NAME])
+    body = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + body + [crop])
+    graph.value_info.extend([core_in, core_out])  # keep the converter's (symbolic) shapes, now internal
+    dims = ("N", "H", "W", channels)
+    image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)
+    restored = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, dims)
+    graph.input.remove(core_in)
+    graph.input.insert(0, image)
+    graph.output.remove(core_out)
+    graph.output.insert(0, restored)
+
+
 def export_onnx(fn: Callable[[Array], Array], out_path: Union[str, Path], *, dynamic: bool,
                 height: Optional[int] = None, width: Optional[int] = None, multiple: int = 1,
                 channels: int = 3, opset: int = ONNX_OPSET, metadata: Optional[Mapping[str, Any]] = None,
@@ -139,11 +202,12 @@ def export_onnx(fn: Callable[[Array], Array], out_path: Union[str, Path], *, dyn
       fn: a pure JAX function of one (N, H, W, channels) float32 array (`model_function`).
       out_path: the .onnx file to write, weights embedded (one protobuf: under 2 GB, as every
         NAFNet; the largest published one holds ~0.3 GB of float32 weights).
-      dynamic: True: N free, H and W free multiples of `multiple`, given as the blocked view
-        (N, H/multiple, multiple, W/multiple, multiple, channels) (module docstring; `run_onnx`).
+      dynamic: True: the input is (N, H, W, channels) with symbolic N, H, W, any size (padded to
+        a multiple of `multiple` inside the graph, the output cropped back; module docstring).
         False: the fixed shape (1, height, width, channels).
       height, width: the fixed size (required, and only allowed, when `dynamic` is False).
-      multiple: the size multiple of `fn` for dynamic export (`size_multiple(model)`).
+      multiple: the size multiple `fn` needs for a dynamic export (`size_multiple(model)`); `fn`
+        must equal itself on the zero-padded input, cropped (the U-Net pads that way itself).
       opset: the ONNX opset (default `ONNX_OPSET`).
       metadata: extra string-valued entries for the model's metadata_props (model name, weights...).
       overwrite: replace an existing file (never done silently).
@@ -169,14 +233,15 @@ def export_onnx(fn: Callable[[Array], Array], out_path: Union[str, Path], *, dyn
             return fn(blocked.reshape(n, h * m, w * m, c))
 
         proto = to_onnx(traced, [("N", "h", m, "w", m, channels)], model_name="nafnet", opset=opset,
-                        input_names=["image_blocks"], output_names=["restored"])
+                        input_names=[_CORE_INPUT], output_names=[_CORE_OUTPUT])
+        _pad_and_crop_in_graph(proto, m, channels)
     else:
         if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
             raise ValueError(f"a fixed-size export needs positive int height and width, got "
                              f"height={height!r}, width={width!r} (or pass dynamic=True)")
         spec = jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
-        proto = to_onnx(fn, [spec], model_name="nafnet", opset=opset, input_names=["image"],
-                        output_names=["restored"])
+        proto = to_onnx(fn, [spec], model_name="nafnet", opset=opset, input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME])
     _drop_empty_concat_inputs(proto)
     _reduce_float16_in_float32(proto)
     meta: Dict[str, str] = {META_SIZE_MULTIPLE: str(int(multiple) if dynamic else 1),
@@ -228,25 +293,12 @@ def onnx_session(path: Union[str, Path], threads: Optional[int] = None) -> Any:
 
 
 def run_onnx(session: Any, images: np.ndarray) -> np.ndarray:
-    """Runs an exported model on (N, H, W, C) float32 images of any size.
-
-    A fixed-size file runs as is. A dynamic file gets the images zero-padded bottom/right to its size
-    multiple (metadata), viewed as (N, H/m, m, W/m, m, C), and the output cropped back: the U-Net pads
-    the same way internally, so the result equals the model's on the unpadded input.
-    """
+    """Runs an exported model on (N, H, W, C) float32 images: any size for a dynamic file, the
+    exported one for a fixed-size file (the graph pads and crops itself)."""
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"expected (N, H, W, C) images, got shape {images.shape}")
-    props = session.get_modelmeta().custom_metadata_map
-    m = int(props.get(META_SIZE_MULTIPLE, "1"))
-    n, h, w, c = images.shape
-    name = session.get_inputs()[0].name
-    if props.get(META_DYNAMIC) != "true":
-        return session.run(None, {name: images})[0]
-    padded = np.pad(images, ((0, 0), (0, (-h) % m), (0, (-w) % m), (0, 0)))
-    hp, wp = padded.shape[1:3]
-    blocked = padded.reshape(n, hp // m, m, wp // m, m, c)
-    return session.run(None, {name: blocked})[0][:, :h, :w, :]
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
 def _reduce_float16_in_float32(proto: Any) -> int:

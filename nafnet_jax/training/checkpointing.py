@@ -46,7 +46,9 @@ BEST_METRIC = "best"
 LEGACY_BEST_METRIC = "val_psnr"
 # The model fields that decide the parameters' names and shapes. A checkpoint fits a model iff these
 # agree; everything else (dtype, remat, depthwise_impl, tlc_train_size, ...) may change on resume or eval.
-PARAMETER_FIELDS = ("block", "width", "enc_blk_nums", "middle_blk_num", "dec_blk_nums", "img_channel")
+# The U-Net's fields, then NAFSSR's; a model is compared on the fields its class has.
+PARAMETER_FIELDS = ("block", "width", "enc_blk_nums", "middle_blk_num", "dec_blk_nums", "img_channel",
+                    "up_scale", "num_blks", "fusion_from", "fusion_to")
 # Fields that change a model's outputs but not its parameters: a published name given to a tool must
 # agree with the checkpoint in these too (`architecture_differences(..., PARAMETER_FIELDS + OUTPUT_FIELDS)`).
 OUTPUT_FIELDS = ("tlc_train_size",)
@@ -512,14 +514,17 @@ def _jsonable(value: Any) -> Any:
 
 def architecture_differences(a: Any, b: Any, fields: Sequence[str] = PARAMETER_FIELDS,
                              names: Tuple[str, str] = ("checkpoint", "config"), prefix: str = "") -> List[str]:
-    """The fields in which two models (`UNet` instances) differ, one line each.
+    """The fields in which two models (`UNet` or `NAFSSR` instances) differ, one line each.
 
     The one comparison of architectures (resume, eval.py's config.model, nafnet-restore's --model):
-    lines read '<prefix><field>: <names[0]> has <a's value>, <names[1]> has <b's value>'.
+    lines read '<prefix><field>: <names[0]> has <a's value>, <names[1]> has <b's value>'. Models
+    of different classes differ in 'arch' alone; each class is compared on those of `fields` it has.
     """
+    if type(a) is not type(b):
+        return [f"{prefix}arch: {names[0]} has {type(a).__name__}, {names[1]} has {type(b).__name__}"]
     return [f"{prefix}{field}: {names[0]} has {_jsonable(getattr(a, field))!r}, "
             f"{names[1]} has {_jsonable(getattr(b, field))!r}"
-            for field in fields if getattr(a, field) != getattr(b, field)]
+            for field in fields if hasattr(a, field) and getattr(a, field) != getattr(b, field)]
 
 
 def parameter_differences(saved: Mapping[str, Any], current: Mapping[str, Any],

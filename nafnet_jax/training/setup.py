@@ -71,17 +71,30 @@ class TrainSetup:
 
     def abstract_batch(self, global_batch: Optional[int] = None,
                        crop: Optional[Tuple[int, int]] = None) -> Dict[str, jax.ShapeDtypeStruct]:
-        """ShapeDtypeStructs of one global training batch {'lq', 'gt'}, with the batch sharding."""
+        """ShapeDtypeStructs of one global training batch {'lq', 'gt'}, with the batch sharding.
+
+        `crop` is the model input's (H, W); 'gt' is `model.scale` times larger (super-resolution).
+        """
         b = self.config.train.batch_size if global_batch is None else int(global_batch)
-        h, w = crop if crop is not None else (self.config.data.crop_size,) * 2
-        spec = jax.ShapeDtypeStruct((b, h, w, self.model.img_channel), jnp.float32,
-                                    sharding=self.batch_sharding)
-        return {"lq": spec, "gt": spec}
+        h, w = crop if crop is not None else train_input_size(self.config, self.model)
+        c, s = self.model.img_channel, self.model.scale
+        lq = jax.ShapeDtypeStruct((b, h, w, c), jnp.float32, sharding=self.batch_sharding)
+        gt = jax.ShapeDtypeStruct((b, h * s, w * s, c), jnp.float32, sharding=self.batch_sharding)
+        return {"lq": lq, "gt": gt}
 
     def lower(self, global_batch: Optional[int] = None,
               crop: Optional[Tuple[int, int]] = None) -> jax.stages.Lowered:
         """The jitted step lowered on abstract inputs (no device memory is touched)."""
         return self.train_step.lower(self.abstract_state, self.abstract_batch(global_batch, crop))
+
+
+def train_input_size(config: ml_collections.ConfigDict, model: Any) -> Tuple[int, int]:
+    """(H, W) of the model's input in training: `data.crop_size` squared for a restoration U-Net,
+    the LR crop `data.lr_crop_size` for a super-resolution model (`model.scale` > 1)."""
+    if model.scale > 1:
+        h, w = config.data.lr_crop_size
+        return int(h), int(w)
+    return (int(config.data.crop_size),) * 2
 
 
 def build_train_setup(config: ml_collections.ConfigDict,
@@ -108,8 +121,7 @@ def build_train_setup(config: ml_collections.ConfigDict,
     platform = partitioning.mesh_platform(mesh)
     model = build_model(config.model.to_dict(), platform=platform)
     tx = create_optimizer(config.optimizer, tc.total_steps)
-    crop = config.data.crop_size
-    sample_shape = (1, crop, crop, model.img_channel)
+    sample_shape = (1, *train_input_size(config, model), model.img_channel)
     use_ema = tc.ema_decay > 0
 
     abstract = jax.eval_shape(lambda r: init_train_state(model, tx, r, sample_shape, use_ema),

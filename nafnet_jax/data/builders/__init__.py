@@ -1,4 +1,5 @@
-"""tfds builders, registered on import: gopro, sidd, reds, paired_folder, bundled."""
+"""tfds builders, registered on import: gopro, sidd, reds, paired_folder, bundled, stereo,
+stereo_bundled."""
 
 from nafnet_jax.data.builders.bundled import Bundled
 from nafnet_jax.data.builders.gopro import Gopro
@@ -6,6 +7,7 @@ from nafnet_jax.data.builders.paired_folder import (PairedFolder, PairedFolderCo
                                                     paired_folder_config)
 from nafnet_jax.data.builders.reds import Reds
 from nafnet_jax.data.builders.sidd import Sidd
+from nafnet_jax.data.builders.stereo import Stereo, StereoBundled
 
 __all__ = ['Bundled', 'Gopro', 'PairedFolder', 'PairedFolderConfig', 'Reds', 'Sidd',
-           'paired_folder_config']
+           'Stereo', 'StereoBundled', 'paired_folder_config']

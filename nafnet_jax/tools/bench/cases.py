@@ -16,8 +16,14 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 import ml_collections
 
-# NAFNetLocal's default train_size: what `--tlc on` uses when the config has none.
+# NAFNetLocal's default train_size: what `--tlc on` uses when the config has none (NAFSSR: the
+# low-resolution training crop of its published models, registry.NAFSSR_TRAIN_SIZE).
 DEFAULT_TLC_TRAIN_SIZE = (256, 256)
+
+
+def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config's model is a NAFSSR (its input is the LR crop `data.lr_crop_size`)."""
+    return config.model.get("arch", "unet") == "nafssr"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +36,7 @@ class BenchCase:
         accumulation, clip, AdamW, non-finite select).
       config: the training config the step is built from (batch, dtype,
         depthwise formulation, mesh, optimiser and loss all live here).
-      height, width: crop size in pixels.
+      height, width: crop size in pixels (of the model's input: the LR crop for NAFSSR).
     """
 
     label: str
@@ -60,14 +66,21 @@ class BenchCase:
 
 
 def published_model_config(name: str) -> ml_collections.ConfigDict:
-    """`config.model` of a published model (e.g. 'NAFNet-GoPro-width32'), every field spelled out."""
+    """`config.model` of a published model (e.g. 'NAFNet-GoPro-width32', 'NAFSSR-T-x4'), spelled out."""
     from nafnet_jax.config import model_config_for
-    from nafnet_jax.models import PUBLISHED
+    from nafnet_jax.models import PUBLISHED, PUBLISHED_NAFSSR
 
-    if name not in PUBLISHED:
-        raise ValueError(f"--model {name!r} is not a published model; choose one of {sorted(PUBLISHED)} "
-                         "or pass --config")
+    if name not in PUBLISHED and name not in PUBLISHED_NAFSSR:
+        raise ValueError(f"--model {name!r} is not a published model; choose one of "
+                         f"{sorted(PUBLISHED) + sorted(PUBLISHED_NAFSSR)} or pass --config")
     return model_config_for(name)
+
+
+def _set_model(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
+    """config.model = model; a NAFSSR also sets the data's scale (validate_config checks they agree)."""
+    config.model = model
+    if is_super_resolution(config):
+        config.data.scale = int(model.up_scale)
 
 
 def load_config(config_spec: Optional[str], model_name: str) -> Tuple[str, ml_collections.ConfigDict]:
@@ -86,7 +99,7 @@ def load_config(config_spec: Optional[str], model_name: str) -> Tuple[str, ml_co
 
     if not config_spec:
         config = base_config()
-        config.model = published_model_config(model_name)
+        _set_model(config, published_model_config(model_name))
         return model_name, config
     path, _, arg = config_spec.partition(":")
     if not os.path.isfile(path):
@@ -101,7 +114,7 @@ def load_config(config_spec: Optional[str], model_name: str) -> Tuple[str, ml_co
         model = dict(sections.get("model") or {})
         name = model.pop("name", None)
         if name:
-            config.model = published_model_config(name)
+            _set_model(config, published_model_config(name))
         for section, values in sections.items():
             if section == "model":
                 values = model
@@ -141,9 +154,11 @@ def case_config(base: ml_collections.ConfigDict, *, batch: int, height: int, wid
     num_devices, fsdp, grad_accum: None keeps the config's value (mesh.num_devices
     0 means all visible devices). tlc: 'config' keeps the config's TLC train
     size, 'off' removes it, 'on' sets NAFNetLocal's default (256, 256) when the
-    config has none.
+    config has none (NAFSSR: its published (30, 90)). height, width: the model's
+    input (NAFSSR: the LR crop; the targets are `up_scale` times larger).
     """
     from nafnet_jax.config import validate_config
+    from nafnet_jax.models.registry import NAFSSR_TRAIN_SIZE
 
     config = copy.deepcopy(base)
     config.train.batch_size = batch
@@ -159,9 +174,12 @@ def case_config(base: ml_collections.ConfigDict, *, batch: int, height: int, wid
     if tlc == "off":
         config.model.tlc_train_size = None
     elif tlc == "on" and config.model.tlc_train_size is None:
-        config.model.tlc_train_size = DEFAULT_TLC_TRAIN_SIZE
+        config.model.tlc_train_size = NAFSSR_TRAIN_SIZE if is_super_resolution(config) else DEFAULT_TLC_TRAIN_SIZE
     # Parameters are initialised on a (1, crop, crop, C) sample; their shapes do not depend on it.
-    config.data.crop_size = min(height, width)
+    if is_super_resolution(config):
+        config.data.lr_crop_size = (height, width)
+    else:
+        config.data.crop_size = min(height, width)
     validate_config(config)
     return config
 
@@ -169,7 +187,8 @@ def case_config(base: ml_collections.ConfigDict, *, batch: int, height: int, wid
 def make_cases(args: Any) -> List[Tuple[str, str, List["BenchCase"]]]:
     """The cases of a run, grouped by (mode, dtype): one case per depthwise formulation."""
     label, base = load_config(args.config, args.model)
-    height, width = args.height or base.data.crop_size, args.width or base.data.crop_size
+    default = tuple(base.data.lr_crop_size) if is_super_resolution(base) else (base.data.crop_size,) * 2
+    height, width = args.height or default[0], args.width or default[1]
     batch = args.batch or (int(base.train.batch_size) if args.config else 1)
     groups = []
     for mode in args.modes:

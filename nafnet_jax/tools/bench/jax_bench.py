@@ -22,18 +22,21 @@ from nafnet_jax.models.layers import resolve_depthwise_impl
 from nafnet_jax.training.setup import TrainSetup, build_train_setup
 
 
-def input_sets(case: BenchCase, count: int, seed: int, channels: int) -> List[Dict[str, np.ndarray]]:
+def input_sets(case: BenchCase, count: int, seed: int, channels: int,
+               scale: int = 1) -> List[Dict[str, np.ndarray]]:
     """`count` random batches {'lq', 'gt'} as NumPy NHWC float32 in [0, 1], never all zeros.
 
-    lq is uniform in [0.05, 1]; gt is lq plus Gaussian noise (sigma 0.05), so
-    the loss and its gradient are those of a real restoration pair.
+    lq is uniform in [0.05, 1]; gt is lq (repeated `scale` times along H and W for a
+    super-resolution model) plus Gaussian noise (sigma 0.05), so the loss and its
+    gradient are those of a real restoration pair.
     """
     rng = np.random.default_rng(seed)
     shape = (case.batch, case.height, case.width, channels)
     sets = []
     for _ in range(count):
         lq = rng.uniform(0.05, 1.0, shape).astype(np.float32)
-        gt = np.clip(lq + rng.normal(0.0, 0.05, shape), 0.0, 1.0).astype(np.float32)
+        up = lq.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else lq
+        gt = np.clip(up + rng.normal(0.0, 0.05, up.shape), 0.0, 1.0).astype(np.float32)
         sets.append({"lq": lq, "gt": gt})
     return sets
 
@@ -41,7 +44,7 @@ def input_sets(case: BenchCase, count: int, seed: int, channels: int) -> List[Di
 def device_input_sets(setup: TrainSetup, case: BenchCase, count: int, seed: int) -> List[Dict[str, jax.Array]]:
     """`input_sets` placed on the mesh with the trainer's batch sharding."""
     sets = [jax.device_put(s, setup.batch_sharding)
-            for s in input_sets(case, count, seed, setup.model.img_channel)]
+            for s in input_sets(case, count, seed, setup.model.img_channel, setup.model.scale)]
     return jax.block_until_ready(sets)
 
 

@@ -1,11 +1,13 @@
 """Times the PyTorch original on the same case: eager or `torch.compile`, float32 or bf16 autocast.
 
 The network is `nafnet_jax.torch_reference.build_torch_model` of the case's
-model (the original's architecture, its LayerNorm backward included). The train
-step is the original's (basicsr's image_restoration_model): PSNR loss,
+model (the original's architecture, its LayerNorm backward included), or
+`build_torch_nafssr` for a NAFSSR (the original's DropPath too). The train
+step is the original's (basicsr's image_restoration_model): PSNR or MSE loss,
 `clip_grad_norm_`, AdamW and a cosine schedule with the config's numbers, with
 the config's micro-batches accumulated when `train.grad_accum_steps` > 1. Only
-the 'psnr' loss and one device are supported; other cases give an error row.
+the 'psnr' and 'mse' losses and one device are supported; other cases give an
+error row.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nafnet_jax.tools.bench.jax_bench import input_sets
 from nafnet_jax.tools.bench.report import base_row, cpu_model
 
 TORCH_VARIANTS = ("eager", "compile")
+TORCH_LOSSES = ("psnr", "mse")  # basicsr's PSNRLoss (NAFNet recipes) and MSELoss (NAFSSR recipes)
 
 
 def bench_torch(case: BenchCase, variant: str, opts: Any, flops: Optional[float],
@@ -42,8 +45,8 @@ def bench_torch(case: BenchCase, variant: str, opts: Any, flops: Optional[float]
     if case.num_devices != 1:
         row["error"] = "PyTorch rows run on one device only"
         return row
-    if case.mode == "train" and case.config.train.loss != "psnr":
-        row["error"] = f"PyTorch rows implement the psnr loss only, not {case.config.train.loss!r}"
+    if case.mode == "train" and case.config.train.loss not in TORCH_LOSSES:
+        row["error"] = f"PyTorch rows implement the {TORCH_LOSSES} losses only, not {case.config.train.loss!r}"
         return row
     device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
     torch.manual_seed(opts.seed)
@@ -74,6 +77,7 @@ def _train_step(net: Any, fn: Any, config: Any, autocast: Any):
     opt = torch.optim.AdamW(net.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.total_steps, eta_min=o.eta_min)
     micro = int(t.grad_accum_steps)
+    psnr_loss = t.loss == "psnr"
 
     def step(lq, gt):
         opt.zero_grad()
@@ -82,7 +86,7 @@ def _train_step(net: Any, fn: Any, config: Any, autocast: Any):
             with autocast():
                 pred = fn(lq_m)
             mse = ((pred.float() - gt_m) ** 2).mean(dim=(1, 2, 3))
-            loss = (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean() / micro
+            loss = ((10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean() if psnr_loss else mse.mean()) / micro
             loss.backward()
             total = total + loss.detach()
         if o.grad_clip:
@@ -98,12 +102,13 @@ def _time_torch(case: BenchCase, variant: str, opts: Any, flops: Optional[float]
                 model: Any, device: str) -> Dict[str, Any]:
     import torch
 
-    from nafnet_jax.torch_reference import build_torch_model
+    from nafnet_jax.models import NAFSSR
+    from nafnet_jax.torch_reference import build_torch_model, build_torch_nafssr
 
-    net = build_torch_model(model).to(device)
+    net = (build_torch_nafssr(model) if isinstance(model, NAFSSR) else build_torch_model(model)).to(device)
     _randomise_skip_init(net, opts.seed)
     sets = [tuple(torch.from_numpy(s[k].transpose(0, 3, 1, 2).copy()).to(device) for k in ("lq", "gt"))
-            for s in input_sets(case, opts.input_sets, opts.seed + 1, model.img_channel)]
+            for s in input_sets(case, opts.input_sets, opts.seed + 1, model.img_channel, model.scale)]
 
     def autocast():
         if case.dtype == "bfloat16":
