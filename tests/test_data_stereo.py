@@ -161,6 +161,22 @@ def test_every_test_set_has_a_split_and_train_holds_the_patches(stereo_tree):
         'test_middlebury': 2}
 
 
+def test_absent_folders_leave_their_splits_out_and_nothing_at_all_is_an_error(tmp_path):
+    """Only Flickr1024 present (evaluating converted weights needs no training patches)."""
+    import shutil
+    from nafnet_jax.data.sources import prepare
+    manual = write_stereo_tree(tmp_path / 'manual', scales=(2,), patches=1, test_scenes=1)
+    shutil.rmtree(os.path.join(manual, 'patches_x2'))
+    for test_set in ('KITTI2012', 'KITTI2015', 'Middlebury'):
+        shutil.rmtree(os.path.join(manual, 'test', test_set))
+    config = _stereo_config((manual, os.fspath(tmp_path / 'data')))
+    assert set(prepare(config).info.splits) == {'test_flickr1024'}
+    assert [e['name'] for e in create_eval_dataset(config, process_index=0, process_count=1)] == ['scene_000']
+    shutil.rmtree(os.path.join(manual, 'test', 'Flickr1024'))
+    with pytest.raises(BadDataError, match='neither patches_x2 nor any test set'):
+        prepare(_stereo_config((manual, os.fspath(tmp_path / 'data2'))))
+
+
 def test_a_missing_view_is_an_error_naming_the_file(tmp_path):
     manual = write_stereo_tree(tmp_path, scales=(2,), patches=2, test_scenes=1)
     os.remove(os.path.join(manual, 'patches_x2', '000002', 'lr1.png'))

@@ -222,6 +222,7 @@ def aot_report(config, topology: str, mode: str = "train", global_batch: Optiona
     import jax
 
     from nafnet_jax.tools.chips import chip_for_topology
+    from nafnet_jax.training.setup import train_input_size
 
     chip = chip_for_topology(topology)
     if hlo_path and os.path.exists(hlo_path):
@@ -235,7 +236,8 @@ def aot_report(config, topology: str, mode: str = "train", global_batch: Optiona
             f.write(compiled.as_text())
     report = {
         "topology": topology, "mode": mode, "global_batch": batch,
-        "crop": config.data.crop_size, "dtype": config.model.dtype,
+        "crop": "x".join(map(str, train_input_size(config, setup.model))), "scale": setup.model.scale,
+        "dtype": config.model.dtype,
         "mesh": dict(setup.mesh.shape), "platform": setup.platform,
         "jax": jax.__version__, "libtpu": _libtpu_version(),
     }
@@ -307,7 +309,8 @@ def format_report(r: Dict[str, Any]) -> str:
     gib = 2 ** 30
     b = r["per_chip_bytes"]
     lines = [
-        f"{r['mode']} step, global batch {r['global_batch']} x {r['crop']}^2, {r['dtype']}, "
+        f"{r['mode']} step, global batch {r['global_batch']} x {r['crop']}"
+        f"{' (LR, x%d)' % r['scale'] if r.get('scale', 1) > 1 else ''}, {r['dtype']}, "
         f"{r['topology']} ({r['num_chips']} x {r['chip']}, mesh {r['mesh']})",
         f"  per chip: argument {b['argument'] / gib:.2f} GiB, output {b['output'] / gib:.2f} GiB "
         f"(aliased {b['alias'] / gib:.2f}), temp {b['temp'] / gib:.2f} GiB, "

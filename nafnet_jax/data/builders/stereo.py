@@ -13,8 +13,11 @@ manual_dir/StereoSR), made by iPASSR's MATLAB scripts from Flickr1024 + Middlebu
     test/<Set>/hr/<scene>/{hr0,hr1}.png                         -> split 'test_<set>' (lower case)
     test/<Set>/lr_x{2,4}/<scene>/{lr0,lr1}.png                     Set: Flickr1024, KITTI2012,
                                                                         KITTI2015, Middlebury
-Builder configs `x2` (default) and `x4` pick the scale. A missing file or folder, an unreadable
-image, views of different sizes or hr != scale * lr are errors naming the file.
+Builder configs `x2` (default) and `x4` pick the scale. Each split is built from its folder when
+the folder is there: `patches_x{s}` absent (say, to evaluate converted weights only) or a test set
+absent leaves that split out with a warning naming the folder; with none of them the build fails.
+Within a present folder, a missing file, an unreadable image, views of different sizes or
+hr != scale * lr are errors naming the file.
 
 `stereo_bundled` is the offline CPU demo: synthetic stereo pairs cut from the bundled
 scikit-image photographs (builders/bundled.py) with a horizontal disparity, LR made by
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+from absl import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -161,9 +166,20 @@ class Stereo(StreamingBuilder):
     def _split_plans(self, dl_manager) -> dict[str, SplitPlan]:
         root = find_root(dl_manager.manual_dir, ('', 'StereoSR'), _is_root, _EXPECTED)
         scale = self.builder_config.scale
-        groups = {'train': patch_files(root, scale)}
+        groups = {}
+        if os.path.isdir(os.path.join(root, f'patches_x{scale}')):
+            groups['train'] = patch_files(root, scale)
+        else:
+            logging.warning('stereo/x%d: no %s: the train split is left out', scale,
+                            os.path.join(root, f'patches_x{scale}'))
         for test_set in TEST_SETS:
-            groups[split_of_test_set(test_set)] = scenes_of_test_set(root, test_set, scale)
+            if os.path.isdir(os.path.join(root, 'test', test_set)):
+                groups[split_of_test_set(test_set)] = scenes_of_test_set(root, test_set, scale)
+            else:
+                logging.warning('stereo/x%d: no %s: split %s is left out', scale,
+                                os.path.join(root, 'test', test_set), split_of_test_set(test_set))
+        if not groups:
+            raise BadDataError(f'{root}: neither patches_x{scale} nor any test set (expected {_EXPECTED})')
         return {split: SplitPlan([WorkItem(file_key(f.name, *f.lr, *f.hr), f) for f in files],
                                  read_stereo_example,
                                  # x4 raw patches ~280 KB, x2 ~80 KB: shards of 0.3-0.7 GB
