@@ -143,7 +143,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_two_processes(tmp_path, wd, overrides, env_extra=({}, {})):
+def _run_two_processes(tmp_path, wd, overrides, env_extra=({}, {}), config_file="demo.py"):
     """train.py as 2 processes of 2 CPU devices each on localhost; returns (return codes, logs)."""
     port = _free_port()
     procs, logs = [], []
@@ -152,7 +152,8 @@ def _run_two_processes(tmp_path, wd, overrides, env_extra=({}, {})):
         with open(logs[-1], "w") as out:  # files, not pipes: a full pipe would stall a process mid-collective
             procs.append(subprocess.Popen(
                 train_command(wd, overrides, extra_args=[
-                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]),
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"],
+                    config_file=config_file),
                 env={**train_env(2), **env_extra[pid]}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL))
     for p in procs:

@@ -8,6 +8,7 @@ import pathlib
 import shutil
 
 import numpy as np
+import pytest
 
 from trainer_helpers import final_params, max_diff, run_train
 
@@ -58,3 +59,37 @@ def test_nafssr_trains_validates_checkpoints_and_resumes_exactly(tmp_path):
     diff = max_diff(final_params(first), final_params(resumed))
     assert diff == 0.0, f"the resumed NAFSSR run ends {diff:.3g} away from the uninterrupted one"
     assert all(np.isfinite(v).all() for v in final_params(resumed).values())
+
+
+@pytest.mark.slow
+def test_two_processes_validate_a_stereo_model_as_one_process_evaluates_it(tmp_path):
+    """Validation on 2 processes x 2 devices (each scoring its share of the pairs) equals eval.py
+    on one process with the same checkpoint."""
+    import re
+    import subprocess
+    import sys
+
+    from test_trainer import _run_two_processes
+    from trainer_helpers import REPO, train_env
+
+    data_dir = tmp_path / "tfds"
+    run_train(tmp_path / "prepare", _overrides(data_dir) + ["--config.train.total_steps=1",
+              "--config.train.eval_every=0"], config_file="demo_stereo.py")  # builds the dataset once
+    wd = tmp_path / "multi"
+    codes, texts = _run_two_processes(tmp_path, wd, _overrides(data_dir), config_file="demo_stereo.py")
+    for code, text in zip(codes, texts):
+        assert code == 0, text[-3000:]
+    assert "2 local / 4 global devices" in texts[0], texts[0][-2000:]
+    val = {k: float(v) for k, v in re.findall(r"val/(psnr|ssim|count)=([0-9.]+)", texts[0])}
+    assert val["count"] == 2, texts[0][-2000:]
+
+    out = tmp_path / "eval"
+    model_flags = [a for a in _overrides(data_dir) if a.startswith(("--config.model", "--config.data"))]
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--config", str(REPO / "configs" / "demo_stereo.py"),
+                           f"--checkpoint={wd}", f"--output_dir={out}", "--progress=false", *model_flags],
+                          env=train_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["count"] == 2
+    assert metrics["psnr"] == pytest.approx(val["psnr"], abs=1e-3), (metrics, val)
+    assert metrics["ssim"] == pytest.approx(val["ssim"], abs=1e-4), (metrics, val)
