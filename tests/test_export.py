@@ -281,6 +281,21 @@ def test_cli_usage_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys, 
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_cli_refuses_a_stereo_model_by_name(tmp_path, capsys):
+    import jax
+    from nafnet_jax.config import model_config_for
+    from nafnet_jax.models import build_model
+    config = model_config_for("NAFSSR-demo-x2", width=4, num_blks=1).to_dict()
+    model = build_model(config)
+    params = model.init(jax.random.key(0), np.zeros((1, 4, 4, 6), np.float32))["params"]
+    path = tmp_path / "ssr"
+    save_model_checkpoint(path, params, config, step=1)
+    assert export.main([str(path), str(tmp_path / "out"), "--format", "stablehlo"]) == 2
+    err = capsys.readouterr().err
+    assert "NAFSSR model" in err and "U-Net only" in err, err
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_cli_use_ema_without_ema_names_the_checkpoint(tmp_path, capsys):
     model, params, config = tiny_model_and_params(levels=1, tlc_train_size=None)
     save_model_checkpoint(tmp_path / "raw_only", params, config)

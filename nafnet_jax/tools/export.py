@@ -475,6 +475,10 @@ def _export(args: argparse.Namespace) -> int:
         with _quiet_loggers("absl"):  # Orbax's read-only notices are not news to a CLI user
             params, model_config, step = load_weights(args.checkpoint, args.step, args.use_ema, report=_warn)
         model = resolve_model(model_config, args.model, args.config)
+        from nafnet_jax.models.unet import UNet
+        if not isinstance(model, UNet):
+            raise UsageError(f"{args.checkpoint} holds a {type(model).__name__} model: {PROG} exports the "
+                             "NAFNet/Baseline U-Net only (stereo super-resolution export is not implemented)")
         tlc = None if args.tlc is None else args.tlc == "on"
         compute = "float32" if args.format == "tflite" else args.dtype
         exported_model = export_model(model, tlc, compute)
