@@ -375,9 +375,16 @@ def create_eval_dataset(data_config, *, split: str | None = None,
     p, count = process_layout(process_index, process_count)
     split = split or eval_split_of(data_config)
     source = open_source(data_config, split, count)
-    total = len(source)
+    return EvalDataset(source, *eval_share(data_config, len(source), p, count), spec,
+                       data_config['eval_seed'], parallelism(data_config))
+
+
+def eval_share(data_config, num_examples: int, process_index: int, process_count: int
+               ) -> tuple[range, int, int]:
+    """(this process's example indices, the evaluated split's size, the largest share) of an eval split
+    of `num_examples`; data.eval_max_images keeps the first N before the even split over processes."""
+    total = num_examples
     if data_config['eval_max_images'] is not None:
         total = min(total, data_config['eval_max_images'])
-    lo, hi = shard_bounds(total, p, count)
-    return EvalDataset(source, range(lo, hi), total, -(-total // count), spec,
-                       data_config['eval_seed'], parallelism(data_config))
+    lo, hi = shard_bounds(total, process_index, process_count)
+    return range(lo, hi), total, -(-total // process_count)

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from nafnet_jax.data.config import eval_split_of, validate_data_config
 from nafnet_jax.data.pipeline import (EvalDataset, PipelineIterator, _fold, _graph_fn, _options,
-                                      hide_accelerators_from_tf, parallelism, process_layout,
-                                      shard_bounds, train_batches, train_layout)
+                                      eval_share, hide_accelerators_from_tf, parallelism,
+                                      process_layout, train_batches, train_layout)
 from nafnet_jax.data.stereo_sources import open_stereo_source
 from nafnet_jax.data.transforms import mirror_indices
 
@@ -200,11 +200,7 @@ def create_stereo_eval_dataset(data_config, *, split: str | None = None,
     p, count = process_layout(process_index, process_count)
     split = split or eval_split_of(data_config)
     source = open_stereo_source(data_config, split, count)
-    total = len(source)
-    if data_config['eval_max_images'] is not None:
-        total = min(total, data_config['eval_max_images'])
-    lo, hi = shard_bounds(total, p, count)
-    return StereoEvalDataset(source, range(lo, hi), total, -(-total // count),
+    return StereoEvalDataset(source, *eval_share(data_config, len(source), p, count),
                              data_config['channel_order'], parallelism(data_config))
 
 

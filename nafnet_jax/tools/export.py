@@ -144,8 +144,8 @@ def min_dynamic_size(model: Any) -> Tuple[int, int]:
     if model.tlc_train_size is None:
         return 1, 1
     kernels = tlc_kernels(model.tlc_train_size, len(model.enc_blk_nums))
-    return (max(k[0] * 2 ** l for l, k in enumerate(kernels)) + 1,
-            max(k[1] * 2 ** l for l, k in enumerate(kernels)) + 1)
+    return (max(k[0] * 2 ** level for level, k in enumerate(kernels)) + 1,
+            max(k[1] * 2 ** level for level, k in enumerate(kernels)) + 1)
 
 
 def input_spec(model: Any, height: Optional[int] = None, width: Optional[int] = None) -> InputSpec:
