@@ -52,6 +52,18 @@ def _assert_trees_equal(a, b):
 # The key table
 
 
+def assert_key_table_maps(model, torch_keys) -> None:
+    """Every Flax parameter of `model` maps through KEY_TABLE to one of `torch_keys` and back, and
+    together they name exactly `torch_keys` (the original's state dict)."""
+    mapped = {}
+    for path in convert.abstract_params(model):
+        key, _ = convert.flax_path_to_torch_key(path)
+        assert convert.torch_key_to_flax_path(key)[0] == path, f"{path} -> {key} does not map back"
+        mapped[key] = path
+    assert set(mapped) == torch_keys, (f"only in Flax: {sorted(set(mapped) - torch_keys)}; "
+                                       f"only in PyTorch: {sorted(torch_keys - set(mapped))}")
+
+
 @pytest.mark.parametrize("kind", ["nafnet", "baseline"])
 def test_key_table_names_exactly_the_original_state_dict(kind):
     """Mapping every Flax parameter through KEY_TABLE gives the original's keys, and back."""
@@ -60,13 +72,7 @@ def test_key_table_names_exactly_the_original_state_dict(kind):
     else:
         torch_keys = set(ref.Baseline(dw_expand=2, **LEVELS).state_dict())
         model = Baseline(dw_expand=2, **LEVELS)
-    mapped = {}
-    for path in convert.abstract_params(model):
-        key, _ = convert.flax_path_to_torch_key(path)
-        assert convert.torch_key_to_flax_path(key)[0] == path, f"{path} -> {key} does not map back"
-        mapped[key] = path
-    assert set(mapped) == torch_keys, (f"only in Flax: {sorted(set(mapped) - torch_keys)}; "
-                                       f"only in PyTorch: {sorted(torch_keys - set(mapped))}")
+    assert_key_table_maps(model, torch_keys)
 
 
 def test_every_key_table_row_is_used():

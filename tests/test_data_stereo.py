@@ -5,7 +5,6 @@ i + 128, see data.testing.stereo_views), so every element says which pair, view 
 came from; textured (random) views where a resize must be checked.
 """
 
-import itertools
 import os
 import re
 
@@ -14,13 +13,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from nafnet_jax.data import (BadDataError, create_eval_dataset, create_train_iterator,
-                             default_data_config, validate_data_config)
+from nafnet_jax.data import (BadDataError, create_eval_dataset, default_data_config, validate_data_config)
 from nafnet_jax.data.builders.stereo import (StereoFiles, patch_files, read_stereo_example,
                                              scenes_of_test_set, synthetic_stereo_pairs)
 from nafnet_jax.data.resize import contributions, crop_to_multiple, imresize_down, imresize_up
 from nafnet_jax.data.stereo import COLOUR_PERMUTATIONS
 from nafnet_jax.data.stereo_sources import StereoFolderSource, stereo_folder_pairs
+from test_data_pipeline import _batches as pipeline_batches
 from nafnet_jax.data.testing import (textured_image, write_image, write_stereo_folder,
                                      write_stereo_tree)
 
@@ -125,14 +124,8 @@ def _stereo_config(stereo_tree, **overrides):
 
 
 def _batches(config, steps, **kwargs):
-    kwargs.setdefault('process_index', 0)
-    kwargs.setdefault('process_count', 1)
-    kwargs.setdefault('seed', 0)
-    kwargs.setdefault('global_batch_size', 4)
-    iterator = create_train_iterator(config, **kwargs)
-    out = list(itertools.islice(iterator, steps))
-    iterator.close()
-    return out
+    """The first `steps` batches (test_data_pipeline's reader), seed 0 and 4 pairs by default."""
+    return pipeline_batches(config, steps, **{'seed': 0, 'global_batch_size': 4, **kwargs})
 
 
 def _u8(x):

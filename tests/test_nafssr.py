@@ -22,6 +22,7 @@ from nafnet_jax.models.nafssr import NAFBlockSR, batch_to_views, views_to_batch
 from nafnet_jax.models.registry import PUBLISHED_NAFSSR, architecture
 from nafnet_jax.tools import convert
 from nafnet_jax.tools.convert import StateDictMismatchError, flax_to_torch, torch_to_flax
+from test_convert import assert_key_table_maps
 
 F64_TOL = 1e-8
 F32_TOL = 1e-5
@@ -307,14 +308,7 @@ def test_whole_model_trains_with_drop_path_and_evaluates_without_rngs():
 def test_key_table_names_exactly_the_original_state_dict(fusion):
     torch_keys = set(ref.NAFNetSR(up_scale=2, img_channel=3, dual=True, fusion_from=fusion[0],
                                   fusion_to=fusion[1], **BODY).state_dict())
-    model = NAFSSR(up_scale=2, fusion_from=fusion[0], fusion_to=fusion[1], **BODY)
-    mapped = {}
-    for path in convert.abstract_params(model):
-        key, _ = convert.flax_path_to_torch_key(path)
-        assert convert.torch_key_to_flax_path(key)[0] == path, f"{path} -> {key} does not map back"
-        mapped[key] = path
-    assert set(mapped) == torch_keys, (f"only in Flax: {sorted(set(mapped) - torch_keys)}; "
-                                       f"only in PyTorch: {sorted(torch_keys - set(mapped))}")
+    assert_key_table_maps(NAFSSR(up_scale=2, fusion_from=fusion[0], fusion_to=fusion[1], **BODY), torch_keys)
     assert ("body.1.module.fusion.beta" in torch_keys) and (("body.0.module.fusion.beta" in torch_keys)
                                                             == (fusion[0] <= 0))
 

@@ -20,6 +20,7 @@ from skimage.metrics import structural_similarity
 from nafnet_jax.data import image_io
 from nafnet_jax.evaluation import evaluate as ev
 from nafnet_jax.evaluation import metrics, stereo, validation
+from trainer_helpers import RecordingWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -239,16 +240,6 @@ def test_stereo_eval_refuses_padding_tiles_and_other_protocols_by_name():
 
 # --- training validation --------------------------------------------------------------------------
 
-class _Writer:
-    def __init__(self):
-        self.scalars, self.images = {}, {}
-
-    def write_scalars(self, step, scalars):
-        self.scalars[step] = dict(scalars)
-
-    def write_images(self, step, images):
-        self.images[step] = dict(images)
-
 
 def _validator(items, **eval_overrides):
     from nafnet_jax.training import partitioning
@@ -263,7 +254,7 @@ def test_validator_scores_a_stereo_model_with_stereo_metrics_and_a_bilinear_base
     items = _items([(8, 10), (8, 10)], seed=13)
     validator, model, params = _validator(items)
     ema = {"gain": np.full(6, 0.25, np.float32)}
-    writer = _Writer()
+    writer = RecordingWriter()
     got = validator(params, 3, writer, ema_params=ema)
     for suffix, p in (("", params), ("_ema", ema)):
         want = ev.evaluate(None, None, items, ev.default_eval_config(), scorer=stereo.score_stereo,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nafnet_jax.evaluation import validation
+from trainer_helpers import RecordingWriter
 
 
 def _items(shapes, seed=0):
@@ -180,16 +181,6 @@ def test_mesh_validation_compiles_once_per_padded_shape_and_keeps_params_sharded
 
 # --- EMA and the best-checkpoint metric ---------------------------------------------------------
 
-class _Writer:
-    def __init__(self):
-        self.scalars, self.images = {}, {}
-
-    def write_scalars(self, step, scalars):
-        self.scalars[step] = dict(scalars)
-
-    def write_images(self, step, images):
-        self.images[step] = dict(images)
-
 
 def test_validator_scores_ema_parameters_beside_the_raw_ones():
     from tiny_models import random_params
@@ -209,7 +200,7 @@ def test_validator_scores_ema_parameters_beside_the_raw_ones():
     model = build_model(config.model.to_dict())
     params, ema_params = random_params(model, seed=0), random_params(model, seed=1)
     validator = validation.Validator(config, build_train_setup(config), dataset=items)
-    writer = _Writer()
+    writer = RecordingWriter()
     got = validator(params, 7, writer, ema_params=ema_params)
     assert writer.scalars[7] == got and sorted(writer.images[7]) == ["val/sample_0"]
     for suffix, reference in (("", params), ("_ema", ema_params)):

@@ -111,3 +111,16 @@ def config_from_overrides(overrides: Sequence[str], config_file=REPO / "configs"
             node = node[name]
         node[leaf] = value
     return config
+
+
+class RecordingWriter:
+    """A clu metric writer stand-in that keeps what it is given: {step: {tag: value}}."""
+
+    def __init__(self):
+        self.scalars, self.images = {}, {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars[step] = dict(scalars)
+
+    def write_images(self, step, images):
+        self.images[step] = dict(images)
