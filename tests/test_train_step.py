@@ -122,6 +122,8 @@ def _batch(seed, n=4, size=8):
             "gt": jnp.asarray(r.random((n, size, size, 3)), jnp.float32)}
 
 
+@pytest.mark.slow  # ~30 s; the gradients themselves are checked by the next test, the trainer's
+# accumulated steps by test_trainer's fsdp + grad_accum test
 def test_gradient_accumulation_equals_the_full_batch():
     _, _, state, full = _tiny_setup(accum=1)
     _, _, _, accum = _tiny_setup(accum=2)
